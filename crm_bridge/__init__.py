@@ -1,0 +1,1 @@
+"""The CRM store (SQLite) and, later, the sinks to external CRMs."""

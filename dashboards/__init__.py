@@ -1,0 +1,1 @@
+"""Dashboards: reports and metrics for marketers and managers (see issue: dashboards)."""

@@ -1,0 +1,1 @@
+"""Call recordings: collection, transcoding, playback (see issue: recordings)."""
