@@ -1,0 +1,214 @@
+"""Configuration: one TOML file plus the environment, read into frozen
+dataclasses. Every error names the file, the key and what was expected.
+
+Secrets never live in the file: the file names an environment variable
+(``secret_env``) or a file (``secret_file``) that holds them, and they are kept
+out of ``repr`` so they cannot reach a log.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the administrator who must fix it."""
+
+
+@dataclass(frozen=True)
+class Secret:
+    value: str = field(repr=False)
+
+    def __str__(self) -> str:
+        return "**********"
+
+
+@dataclass(frozen=True)
+class AmiConfig:
+    host: str = "127.0.0.1"
+    port: int = 5038
+    username: str = "gateway"
+    secret: Secret = Secret("")
+    connect_timeout: float = 5.0
+    login_timeout: float = 5.0
+    recording_variable: str = "RECFILE"
+    did_variable: str = "DID"
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    path: Path = Path("var/cti-gateway.sqlite3")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    extension: str
+    name: str
+    devices: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path | None
+    ami: AmiConfig | None
+    http: HttpConfig
+    store: StoreConfig
+    agents: tuple[AgentConfig, ...] = ()
+
+    def agent_devices(self) -> dict[str, str]:
+        """Device name -> extension, for the AMI channel classifier."""
+        return {device: agent.extension for agent in self.agents for device in agent.devices}
+
+
+class _Reader:
+    """Typed access to one table of the file, naming the key on error."""
+
+    def __init__(self, where: str, table: Mapping[str, Any], name: str) -> None:
+        self.where, self.table, self.name = where, table, name
+        self.used: set[str] = set()
+
+    def _fail(self, key: str, expected: str, got: Any) -> ConfigError:
+        return ConfigError(f"{self.where}: [{self.name}] {key}: expected {expected}, got {got!r}")
+
+    def get(self, key: str, kind: type, default: Any, expected: str) -> Any:
+        self.used.add(key)
+        if key not in self.table:
+            return default
+        value = self.table[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+            raise self._fail(key, expected, value)
+        return value
+
+    def text(self, key: str, default: str | None = None, *, required: bool = False) -> str:
+        value = self.get(key, str, default, "a string")
+        if (required and value is None) or (value is not None and not value.strip()):
+            raise self._fail(key, "a non-empty string", value)
+        return str(value)
+
+    def port(self, key: str, default: int) -> int:
+        value = self.get(key, int, default, "an integer 1-65535")
+        if not 1 <= value <= 65535:
+            raise self._fail(key, "an integer 1-65535", value)
+        return int(value)
+
+    def seconds(self, key: str, default: float) -> float:
+        value = self.get(key, float, default, "a number of seconds > 0")
+        if value <= 0:
+            raise self._fail(key, "a number of seconds > 0", value)
+        return float(value)
+
+    def check_unknown(self) -> None:
+        unknown = sorted(set(self.table) - self.used)
+        if unknown:
+            raise ConfigError(f"{self.where}: [{self.name}] {unknown[0]}: unknown key (known: {', '.join(sorted(self.used))})")
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a config file; relative paths in it are relative to it."""
+    source = Path(path)
+    env = os.environ if environ is None else environ
+    try:
+        raw = source.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read the config file: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    return parse_config(data, source=source, environ=env)
+
+
+def parse_config(data: Mapping[str, Any], *, source: Path | None, environ: Mapping[str, str]) -> Config:
+    where = str(source) if source else "<config>"
+    base = source.parent if source else Path.cwd()
+    known = {"ami", "http", "store", "agents"}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{where}: [{key}]: unknown section (known: {', '.join(sorted(known))})")
+
+    def table(name: str) -> _Reader:
+        value = data.get(name, {})
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: [{name}]: expected a table, got {value!r}")
+        return _Reader(where, value, name)
+
+    ami = None
+    if "ami" in data:
+        r = table("ami")
+        ami = AmiConfig(
+            host=r.text("host", "127.0.0.1"),
+            port=r.port("port", 5038),
+            username=r.text("username", required=True),
+            secret=_secret(r, base, environ),
+            connect_timeout=r.seconds("connect_timeout", 5.0),
+            login_timeout=r.seconds("login_timeout", 5.0),
+            recording_variable=r.text("recording_variable", "RECFILE"),
+            did_variable=r.text("did_variable", "DID"),
+        )
+        r.check_unknown()
+
+    r = table("http")
+    http = HttpConfig(host=r.text("host", "127.0.0.1"), port=r.port("port", 8080))
+    r.check_unknown()
+
+    r = table("store")
+    store_path = Path(r.text("path", "var/cti-gateway.sqlite3"))
+    store = StoreConfig(path=store_path if store_path.is_absolute() else base / store_path)
+    r.check_unknown()
+
+    agents = _agents(data.get("agents", []), where)
+    return Config(source=source, ami=ami, http=http, store=store, agents=agents)
+
+
+def _secret(r: _Reader, base: Path, environ: Mapping[str, str]) -> Secret:
+    env_name = r.get("secret_env", str, None, "the name of an environment variable")
+    file_name = r.get("secret_file", str, None, "a file path")
+    if env_name and file_name:
+        raise ConfigError(f"{r.where}: [{r.name}] secret_env, secret_file: set one of them, not both")
+    if env_name:
+        if env_name not in environ:
+            raise ConfigError(f"{r.where}: [{r.name}] secret_env: environment variable {env_name} is not set")
+        return Secret(environ[env_name])
+    if file_name:
+        secret_path = Path(file_name) if Path(file_name).is_absolute() else base / file_name
+        try:
+            return Secret(secret_path.read_text(encoding="utf-8").strip())
+        except OSError as exc:
+            raise ConfigError(f"{r.where}: [{r.name}] secret_file: cannot read {secret_path}: {exc.strerror}") from exc
+    raise ConfigError(f"{r.where}: [{r.name}] secret_env: expected secret_env or secret_file naming the AMI secret")
+
+
+def _agents(items: Any, where: str) -> tuple[AgentConfig, ...]:
+    if not isinstance(items, list):
+        raise ConfigError(f"{where}: [[agents]]: expected an array of tables, got {items!r}")
+    agents: list[AgentConfig] = []
+    seen: dict[str, str] = {}
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}: [[agents]] #{index + 1}: expected a table, got {item!r}")
+        r = _Reader(where, item, f"agents #{index + 1}")
+        extension = r.text("extension", required=True)
+        name = r.text("name", extension)
+        devices = r.get("devices", list, [f"PJSIP/{extension}"], "a list of device names like \"PJSIP/101\"")
+        if not all(isinstance(d, str) and "/" in d for d in devices):
+            raise r._fail("devices", 'a list of device names like "PJSIP/101"', devices)
+        for device in devices:
+            if device in seen:
+                raise r._fail("devices", f"a device not already given to agent {seen[device]}", device)
+            seen[device] = extension
+        r.check_unknown()
+        agents.append(AgentConfig(extension=extension, name=name, devices=tuple(devices)))
+    return tuple(agents)
