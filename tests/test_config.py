@@ -1,0 +1,67 @@
+"""Broken config says which file, which key and what was expected."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+GOOD_AMI = '[ami]\nhost = "127.0.0.1"\nport = 5038\nusername = "gateway"\nsecret_env = "AMI_SECRET"\n'
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gw.toml"
+    path.write_text(text)
+    return path
+
+
+def test_example_config_is_valid() -> None:
+    config = load_config(REPO / "config" / "example.toml", {"CTI_AMI_SECRET": "s3cret"})
+    assert config.ami is not None and config.ami.secret.value == "s3cret"
+    assert config.agent_devices()["PJSIP/101"] == "101"
+    assert "s3cret" not in repr(config) and "s3cret" not in str(config.ami.secret)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (GOOD_AMI.replace("5038", '"abc"'), "[ami] port: expected an integer 1-65535, got 'abc'"),
+        (GOOD_AMI.replace("5038", "70000"), "[ami] port: expected an integer 1-65535, got 70000"),
+        (GOOD_AMI.replace('secret_env = "AMI_SECRET"', ""), "[ami] secret_env: expected secret_env or secret_file"),
+        (GOOD_AMI.replace("AMI_SECRET", "NOT_SET_ANYWHERE"), "environment variable NOT_SET_ANYWHERE is not set"),
+        (GOOD_AMI + "hots = 1\n", "[ami] hots: unknown key"),
+        (GOOD_AMI + "[stroe]\n", "[stroe]: unknown section"),
+        (GOOD_AMI + "[[agents]]\nname = 'x'\n", "[agents #1] extension: expected a non-empty string"),
+        (GOOD_AMI + "[[agents]]\nextension = '101'\ndevices = ['101']\n", "[agents #1] devices: expected a list"),
+        (GOOD_AMI + "[http]\nport = true\n", "[http] port: expected an integer"),
+        ("[ami\n", "not valid TOML"),
+    ],
+)
+def test_errors_name_file_key_and_expectation(tmp_path: Path, text: str, expected: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {"AMI_SECRET": "x"})
+    assert str(path) in str(info.value)
+    assert expected in str(info.value)
+
+
+def test_secret_file_and_relative_store_path(tmp_path: Path) -> None:
+    (tmp_path / "secret.txt").write_text("from-file\n")
+    path = _write(tmp_path, GOOD_AMI.replace('secret_env = "AMI_SECRET"', 'secret_file = "secret.txt"')
+                  + '[store]\npath = "data/gw.sqlite3"\n')
+    config = load_config(path, {})
+    assert config.ami is not None and config.ami.secret.value == "from-file"
+    assert config.store.path == tmp_path / "data" / "gw.sqlite3"
+
+
+def test_check_config_command_exits_nonzero_on_bad_config(tmp_path: Path) -> None:
+    path = _write(tmp_path, GOOD_AMI.replace("5038", "0"))
+    result = subprocess.run([sys.executable, "-m", "gateway", "check-config", str(path)],
+                            capture_output=True, text=True, cwd=REPO, env={"AMI_SECRET": "x", "PATH": ""})
+    assert result.returncode == 2
+    assert "[ami] port" in result.stderr and str(path) in result.stderr
