@@ -1,0 +1,162 @@
+"""Versioned schema of the call store.
+
+``MIGRATIONS`` lists ``(version, script)`` in order; versions run 1, 2, 3, ...
+with no gaps. The schema version of a file is SQLite's ``PRAGMA user_version``
+(0 for a new file). ``migrate`` applies every step above it, each in its own
+``BEGIN IMMEDIATE`` transaction together with the new ``user_version``, so a
+file is always at exactly one version: a step that fails leaves no trace.
+
+Rules for adding a step: append, never edit a released one; one script may
+hold several statements separated by ``;``; do not put ``BEGIN``/``COMMIT`` in
+it. A step that has to rebuild a table with foreign keys needs
+``PRAGMA foreign_keys=OFF`` outside the transaction: extend ``migrate`` for
+that when it first happens.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+import aiosqlite
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE calls (
+            call_id        TEXT PRIMARY KEY NOT NULL,
+            direction      TEXT NOT NULL,
+            caller         TEXT,
+            caller_name    TEXT,
+            dialled        TEXT,
+            outcome        TEXT NOT NULL,
+            answered_by    TEXT,
+            rang           TEXT NOT NULL,   -- JSON array of extensions, in ring order
+            talked         TEXT NOT NULL,   -- JSON array of extensions, in talk order
+            started_at     REAL NOT NULL,   -- epoch seconds, UTC
+            answered_at    REAL,
+            ended_at       REAL,
+            ring_seconds   REAL NOT NULL,
+            talk_seconds   REAL NOT NULL,
+            hangup_cause   INTEGER,
+            reason         TEXT,
+            interrupted    INTEGER NOT NULL,  -- 0/1
+            ended          INTEGER NOT NULL,  -- 0/1
+            recording_path TEXT
+        );
+        -- calls(since=...) filters and orders on these two.
+        CREATE INDEX calls_by_started_at ON calls (started_at, call_id);
+
+        CREATE TABLE call_legs (
+            call_id      TEXT NOT NULL REFERENCES calls (call_id) ON DELETE CASCADE,
+            leg_id       TEXT NOT NULL,
+            kind         TEXT NOT NULL,
+            extension    TEXT,
+            number       TEXT,
+            started_at   REAL NOT NULL,
+            answered_at  REAL,
+            ended_at     REAL,
+            hangup_cause INTEGER,
+            PRIMARY KEY (call_id, leg_id)
+        );
+        """,
+    ),
+    (
+        2,
+        """
+        -- When the row was last written (epoch seconds): set by every upsert.
+        ALTER TABLE calls ADD COLUMN updated_at REAL;
+        """,
+    ),
+]
+
+LATEST_VERSION: int = MIGRATIONS[-1][0]
+
+
+class MigrationError(Exception):
+    """A migration step failed or the file's schema is unknown to this code."""
+
+
+async def schema_version(db: aiosqlite.Connection) -> int:
+    async with db.execute("PRAGMA user_version") as cursor:
+        row = await cursor.fetchone()
+    assert row is not None  # PRAGMA user_version always answers one row
+    return int(row[0])
+
+
+async def migrate(
+    db: aiosqlite.Connection,
+    migrations: Sequence[tuple[int, str]] = MIGRATIONS,
+) -> int:
+    """Bring the database up to the last version in ``migrations``; return it.
+
+    Safe against another process migrating the same file at the same time:
+    each step re-reads the version once it holds the write lock and skips
+    what is already applied. Raises ``MigrationError`` (the cause chained) when
+    a step fails, or when the file is newer than the code.
+    """
+    _check_sequence(migrations)
+    target = migrations[-1][0] if migrations else 0
+    current = await schema_version(db)
+    if current > target:
+        raise MigrationError(
+            f"database schema version {current} is newer than this code knows "
+            f"({target}); refusing to use it"
+        )
+    for version, script in migrations:
+        if version <= current:
+            continue
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-read under the write lock: another process may have just
+            # applied this step between our first read and the lock.
+            current = await schema_version(db)
+            if version > current:
+                for statement in split_statements(script):
+                    await db.execute(statement)
+                # PRAGMA cannot take bound parameters; version is our own int.
+                await db.execute(f"PRAGMA user_version = {int(version)}")
+                current = version
+            await db.execute("COMMIT")
+        except BaseException as exc:
+            await _rollback_quietly(db)
+            if isinstance(exc, sqlite3.Error):
+                raise MigrationError(
+                    f"migration to schema version {version} failed: {exc}"
+                ) from exc
+            raise
+    return current
+
+
+def split_statements(script: str) -> list[str]:
+    """Cut a script into single statements (``execute`` takes one at a time).
+
+    ``sqlite3.complete_statement`` decides where a statement ends, so a ``;``
+    inside a string literal or a trigger body does not cut it.
+    """
+    statements: list[str] = []
+    pending = ""
+    pieces = script.split(";")
+    for i, piece in enumerate(pieces):
+        pending += piece if i == len(pieces) - 1 else piece + ";"
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    leftover = [line.strip() for line in pending.splitlines()]
+    if any(line and not line.startswith("--") for line in leftover):
+        raise ValueError(f"migration script ends in an incomplete statement: {pending.strip()!r}")
+    return statements
+
+
+def _check_sequence(migrations: Sequence[tuple[int, str]]) -> None:
+    versions = [version for version, _ in migrations]
+    if versions != list(range(1, len(versions) + 1)):
+        raise ValueError(f"migration versions must run 1, 2, 3, ... without gaps: {versions}")
+
+
+async def _rollback_quietly(db: aiosqlite.Connection) -> None:
+    try:
+        await db.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass  # no transaction left to roll back (BEGIN itself failed, or SQLite already did)

@@ -1,0 +1,504 @@
+"""The call store: finished calls on a SQLite file, written in batches.
+
+``save_call`` returns only once the record is committed (WAL, synchronous=FULL),
+so a caller may acknowledge upstream (a webhook's 2xx) right after it. One
+writer task takes saves from a bounded queue and commits whatever has gathered
+(up to ``batch_max``, waiting at most ``batch_delay`` for more) in one
+transaction, so a burst costs a few fsyncs, not one per call.
+
+Calls are keyed by ``call_id``: saving a call again updates its row in place
+(the later save wins) and replaces its legs. A failed commit fails every save
+in that batch with ``StoreError``; the writer carries on with the next batch.
+
+All SQLite work runs on aiosqlite's threads: one connection for the writer, a
+second, read-only one for queries, which in WAL mode read a committed snapshot
+while the writer works and never see a batch half-written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from gateway.record import CallRecord, LegRecord
+
+from . import migrations
+from .migrations import MigrationError, migrate
+
+__all__ = ["Store", "StoreError"]
+
+log = logging.getLogger(__name__)
+
+QUEUE_MAX = 10_000
+
+
+class StoreError(Exception):
+    """The call store could not do what was asked; the message names the file."""
+
+
+_CALL_COLUMNS = (
+    "call_id",
+    "direction",
+    "caller",
+    "caller_name",
+    "dialled",
+    "outcome",
+    "answered_by",
+    "rang",
+    "talked",
+    "started_at",
+    "answered_at",
+    "ended_at",
+    "ring_seconds",
+    "talk_seconds",
+    "hangup_cause",
+    "reason",
+    "interrupted",
+    "ended",
+    "recording_path",
+)
+_LEG_COLUMNS = (
+    "call_id",
+    "leg_id",
+    "kind",
+    "extension",
+    "number",
+    "started_at",
+    "answered_at",
+    "ended_at",
+    "hangup_cause",
+)
+
+# An upsert, not INSERT OR REPLACE: REPLACE deletes the old row first, which
+# would cascade to everything that references the call (legs today; tasks and
+# contact links later) and change its rowid.
+_UPSERT_CALL = (
+    f"INSERT INTO calls ({', '.join(_CALL_COLUMNS)}, updated_at) "
+    f"VALUES ({', '.join('?' for _ in _CALL_COLUMNS)}, ?) "
+    "ON CONFLICT (call_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in (*_CALL_COLUMNS[1:], "updated_at"))
+)
+_DELETE_LEGS = "DELETE FROM call_legs WHERE call_id = ?"
+_INSERT_LEG = (
+    f"INSERT INTO call_legs ({', '.join(_LEG_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _LEG_COLUMNS)})"
+)
+_SELECT_CALLS = f"SELECT {', '.join(_CALL_COLUMNS)} FROM calls"
+_SELECT_LEGS = (
+    f"SELECT {', '.join('l.' + c for c in _LEG_COLUMNS)} "
+    "FROM call_legs AS l JOIN calls AS c ON c.call_id = l.call_id"
+)
+
+
+@dataclass(slots=True)
+class _Pending:
+    record: CallRecord
+    done: asyncio.Future[None]
+
+
+class Store:
+    """Finished calls on one SQLite file. Create with ``await Store.open(path)``."""
+
+    path: Path
+    commits: int  # write transactions committed so far (shows batching)
+
+    def __init__(
+        self,
+        path: Path,
+        writer_db: aiosqlite.Connection,
+        reader_db: aiosqlite.Connection,
+        *,
+        batch_max: int,
+        batch_delay: float,
+    ) -> None:
+        # Use ``Store.open``: this only wires up connections that are ready.
+        self.path = path
+        self.commits = 0
+        self._writer_db = writer_db
+        self._reader_db = reader_db
+        self._batch_max = batch_max
+        self._batch_delay = batch_delay
+        # None is the writer's stop signal, put by close() after the last save.
+        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue(maxsize=QUEUE_MAX)
+        self._closing = False
+        self._closed = False
+        self._close_lock = asyncio.Lock()
+        self._saves_in_progress = 0
+        self._no_saves_in_progress = asyncio.Event()
+        self._no_saves_in_progress.set()
+        self._failing = False  # log a run of failed commits once, not per batch
+        # One read transaction at a time on the reader connection.
+        self._read_lock = asyncio.Lock()
+        self._writer = asyncio.create_task(self._run_writer(), name=f"call store writer {path}")
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        batch_max: int = 500,
+        batch_delay: float = 0.005,
+        busy_timeout_ms: int = 5000,
+    ) -> Store:
+        """Open (creating if needed) the store at ``path`` and bring its schema up to date.
+
+        ``busy_timeout_ms`` is how long a statement waits for another
+        connection's lock before failing.
+        """
+        if batch_max < 1:
+            raise ValueError(f"batch_max must be at least 1, not {batch_max}")
+        if batch_delay < 0:
+            raise ValueError(f"batch_delay must not be negative, not {batch_delay}")
+        path = Path(path)
+        try:
+            # A few microseconds of filesystem work, once, at startup.
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot create the directory for the call store: {exc}") from exc
+
+        writer_db = await _connect(path, busy_timeout_ms, step="open the call store")
+        try:
+            mode = await _pragma(writer_db, "journal_mode = WAL")
+            if str(mode).lower() != "wal":
+                raise StoreError(f"{path}: SQLite would not switch to WAL mode (got {mode!r})")
+            await _pragma(writer_db, "synchronous = FULL")
+            await _pragma(writer_db, "foreign_keys = ON")
+            await migrate(writer_db)
+        except BaseException as exc:
+            await _close_quietly(writer_db)
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"{path}: cannot prepare the call store: {exc}") from exc
+            if isinstance(exc, MigrationError):
+                raise StoreError(f"{path}: {exc}") from exc
+            raise
+
+        try:
+            reader_db = await _connect(path, busy_timeout_ms, step="open a reader on the call store")
+            try:
+                await _pragma(reader_db, "query_only = ON")
+            except BaseException as exc:
+                await _close_quietly(reader_db)
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"{path}: cannot open a reader on the call store: {exc}") from exc
+                raise
+        except BaseException:
+            await _close_quietly(writer_db)
+            raise
+
+        return cls(path, writer_db, reader_db, batch_max=batch_max, batch_delay=batch_delay)
+
+    async def save_call(self, record: CallRecord) -> None:
+        """Store ``record`` (replacing an earlier version of the call); return once committed.
+
+        Waits for room when the queue of pending saves is full. Cancelling the
+        caller does not withdraw a record already queued.
+        """
+        if self._closing:
+            raise StoreError(f"{self.path}: the call store is closed; call {record.call_id} not saved")
+        _check_record(self.path, record)
+        self._saves_in_progress += 1
+        self._no_saves_in_progress.clear()
+        try:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            await self._queue.put(_Pending(record, done))
+            await done
+        finally:
+            self._saves_in_progress -= 1
+            if self._saves_in_progress == 0:
+                self._no_saves_in_progress.set()
+
+    async def calls(self, *, since: float | None = None) -> list[CallRecord]:
+        """Stored calls with ``started_at >= since`` (all when None), oldest first.
+
+        Ordered by (started_at, call_id); legs by (started_at, leg_id).
+        """
+        self._check_open()
+        where, params = ("", ()) if since is None else (" WHERE c.started_at >= ?", (since,))
+        db = self._reader_db
+        try:
+            async with self._read_lock:
+                try:
+                    # One read transaction: both queries see the same snapshot.
+                    await db.execute("BEGIN")
+                    call_rows = await db.execute_fetchall(
+                        f"{_SELECT_CALLS} AS c{where} ORDER BY c.started_at, c.call_id", params
+                    )
+                    leg_rows = await db.execute_fetchall(
+                        f"{_SELECT_LEGS}{where} ORDER BY l.call_id, l.started_at, l.leg_id", params
+                    )
+                finally:
+                    # Also after a cancel: an open read transaction would pin
+                    # the WAL (no checkpoint past it) and break the next BEGIN.
+                    await _rollback_quietly(db)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot read calls: {exc}") from exc
+
+        legs: dict[str, list[LegRecord]] = {}
+        for row in leg_rows:
+            legs.setdefault(row[0], []).append(_leg_from_row(row))
+        return [_call_from_row(row, legs.get(row[0], ())) for row in call_rows]
+
+    async def schema_version(self) -> int:
+        self._check_open()
+        try:
+            return await migrations.schema_version(self._reader_db)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot read the schema version: {exc}") from exc
+
+    async def close(self) -> None:
+        """Write every save already accepted, stop the writer, close the file. Idempotent."""
+        self._closing = True  # refuse new saves from here on
+        async with self._close_lock:
+            if self._closed:
+                return
+            # Saves already inside save_call (even ones still waiting for
+            # queue room) are written before the stop signal, so none is
+            # stranded behind it.
+            if not self._writer.done():
+                idle = asyncio.ensure_future(self._no_saves_in_progress.wait())
+                try:
+                    # (or the writer died: then nobody would make us idle)
+                    await asyncio.wait([idle, self._writer], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    idle.cancel()
+                if not self._writer.done():
+                    await self._queue.put(None)
+                    await asyncio.wait([self._writer])
+            self._fail_stranded()
+            self._closed = True
+            await _close_quietly(self._reader_db)
+            await _close_quietly(self._writer_db)
+
+    # -- the writer ------------------------------------------------------
+
+    async def _run_writer(self) -> None:
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            stopping = self._take_more(batch)
+            if not stopping and len(batch) < self._batch_max and self._batch_delay > 0:
+                await asyncio.sleep(self._batch_delay)
+                stopping = self._take_more(batch)
+            await self._commit(batch)
+
+    def _take_more(self, batch: list[_Pending]) -> bool:
+        """Move queued saves into ``batch`` up to batch_max; True if the stop signal came."""
+        while len(batch) < self._batch_max:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return False
+            if item is None:
+                return True
+            batch.append(item)
+        return False
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            await self._write(batch)
+        except asyncio.CancelledError:
+            # The writer is being torn down from outside (loop shutdown): the
+            # batch may or may not have been committed, so say so.
+            self._fail(batch, "the call store writer was cancelled; the record may not be saved")
+            raise
+        except Exception as exc:
+            await _rollback_quietly(self._writer_db)
+            if not self._failing:
+                log.warning("%s: commit of %d call record(s) failed: %s", self.path, len(batch), exc)
+                self._failing = True
+            else:
+                log.debug("%s: commit of %d call record(s) failed: %s", self.path, len(batch), exc)
+            self._fail(batch, f"commit of a batch of {len(batch)} call record(s) failed", exc)
+            return
+        if self._failing:
+            log.warning("%s: commits succeed again", self.path)
+            self._failing = False
+        self.commits += 1
+        for pending in batch:
+            if not pending.done.done():
+                pending.done.set_result(None)
+
+    async def _write(self, batch: Sequence[_Pending]) -> None:
+        # Several saves of one call in a batch: the last one wins (dict keeps
+        # the first position, takes the last value); writing each in turn
+        # would insert the same legs twice.
+        latest = {pending.record.call_id: pending.record for pending in batch}
+        updated_at = time.time()
+        db = self._writer_db
+        await db.execute("BEGIN IMMEDIATE")
+        await db.executemany(_UPSERT_CALL, [(*_call_row(r), updated_at) for r in latest.values()])
+        await db.executemany(_DELETE_LEGS, [(call_id,) for call_id in latest])
+        await db.executemany(
+            _INSERT_LEG, [_leg_row(r.call_id, leg) for r in latest.values() for leg in r.legs]
+        )
+        await db.execute("COMMIT")
+
+    def _fail(self, batch: Iterable[_Pending], what: str, cause: BaseException | None = None) -> None:
+        for pending in batch:
+            if pending.done.done():
+                continue  # its saver was cancelled
+            error = StoreError(
+                f"{self.path}: {what}; call {pending.record.call_id} not saved"
+                + (f": {cause}" if cause is not None else "")
+            )
+            error.__cause__ = cause
+            pending.done.set_exception(error)
+
+    def _fail_stranded(self) -> None:
+        """Fail saves left in the queue by a writer that stopped abnormally."""
+        stranded: list[_Pending] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            if item is not None:
+                stranded.append(item)
+        self._fail(stranded, "the call store closed before writing the record")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"{self.path}: the call store is closed")
+
+
+# -- rows ----------------------------------------------------------------
+
+
+def _check_record(path: Path, record: CallRecord) -> None:
+    # Checked here, before the record joins a batch: a duplicate leg id would
+    # break the (call_id, leg_id) key and fail every other save in its batch.
+    seen: set[str] = set()
+    for leg in record.legs:
+        if leg.leg_id in seen:
+            raise StoreError(f"{path}: call {record.call_id} has two legs with id {leg.leg_id!r}; not saved")
+        seen.add(leg.leg_id)
+
+
+def _call_row(r: CallRecord) -> tuple[Any, ...]:
+    return (
+        r.call_id,
+        r.direction,
+        r.caller,
+        r.caller_name,
+        r.dialled,
+        r.outcome,
+        r.answered_by,
+        json.dumps(list(r.rang), ensure_ascii=False),
+        json.dumps(list(r.talked), ensure_ascii=False),
+        r.started_at,
+        r.answered_at,
+        r.ended_at,
+        r.ring_seconds,
+        r.talk_seconds,
+        r.hangup_cause,
+        r.reason,
+        int(r.interrupted),
+        int(r.ended),
+        r.recording_path,
+    )
+
+
+def _leg_row(call_id: str, leg: LegRecord) -> tuple[Any, ...]:
+    return (
+        call_id,
+        leg.leg_id,
+        leg.kind,
+        leg.extension,
+        leg.number,
+        leg.started_at,
+        leg.answered_at,
+        leg.ended_at,
+        leg.hangup_cause,
+    )
+
+
+def _call_from_row(row: sqlite3.Row, legs: Iterable[LegRecord]) -> CallRecord:
+    return CallRecord(
+        call_id=row[0],
+        direction=row[1],
+        caller=row[2],
+        caller_name=row[3],
+        dialled=row[4],
+        outcome=row[5],
+        answered_by=row[6],
+        rang=tuple(json.loads(row[7])),
+        talked=tuple(json.loads(row[8])),
+        started_at=row[9],
+        answered_at=row[10],
+        ended_at=row[11],
+        ring_seconds=row[12],
+        talk_seconds=row[13],
+        hangup_cause=row[14],
+        reason=row[15],
+        interrupted=bool(row[16]),
+        ended=bool(row[17]),
+        recording_path=row[18],
+        legs=tuple(legs),
+    )
+
+
+def _leg_from_row(row: sqlite3.Row) -> LegRecord:
+    return LegRecord(
+        leg_id=row[1],
+        kind=row[2],
+        extension=row[3],
+        number=row[4],
+        started_at=row[5],
+        answered_at=row[6],
+        ended_at=row[7],
+        hangup_cause=row[8],
+    )
+
+
+# -- connections -----------------------------------------------------------
+
+
+async def _connect(path: Path, busy_timeout_ms: int, *, step: str) -> aiosqlite.Connection:
+    try:
+        # isolation_level=None: no implicit transactions, the store says
+        # BEGIN/COMMIT itself (a batch is exactly one transaction).
+        db = await aiosqlite.connect(path, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot {step}: {exc}") from exc
+    try:
+        # First, so that even switching to WAL waits for other connections.
+        await _pragma(db, f"busy_timeout = {int(busy_timeout_ms)}")
+    except BaseException as exc:
+        await _close_quietly(db)
+        if isinstance(exc, sqlite3.Error):
+            raise StoreError(f"{path}: cannot {step}: {exc}") from exc
+        raise
+    return db
+
+
+async def _pragma(db: aiosqlite.Connection, pragma: str) -> Any:
+    rows = list(await db.execute_fetchall(f"PRAGMA {pragma}"))
+    return rows[0][0] if rows else None
+
+
+async def _rollback_quietly(db: aiosqlite.Connection) -> None:
+    try:
+        await db.execute("ROLLBACK")
+    except (sqlite3.Error, ValueError):
+        pass  # no transaction left (BEGIN failed, or SQLite rolled back), or connection gone
+
+
+async def _close_quietly(db: aiosqlite.Connection) -> None:
+    try:
+        await db.close()
+    except sqlite3.Error as exc:
+        log.warning("closing the call store connection failed: %s", exc)
+
