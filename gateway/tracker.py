@@ -35,7 +35,9 @@ Linkedid) takes its call into the call it now names: the two merge.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.effects import (
     AgentAnswered,
@@ -529,7 +531,7 @@ def _append_talker(talked: list[str], extension: str) -> None:
         talked.append(extension)
 
 
-_HANDLERS = {
+_HANDLERS: dict[type, Callable[[CallTracker, Any], list[Effect]]] = {
     LegCreated: CallTracker._on_created,
     LegDialled: CallTracker._on_dialled,
     LegRinging: CallTracker._on_ringing,

@@ -196,8 +196,8 @@ class AmiLink:
             if self._on_login is not None:
                 await self._on_login(self)
             done, _ = await asyncio.wait({reader_task, pinger}, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()  # raises the reason the link died
+            for finished in done:
+                finished.result()  # raises the reason the link died
             raise AmiConnectError("connection closed by the PBX")
         finally:
             for task in (pinger, reader_task):
