@@ -111,7 +111,7 @@ class _Call:
     far_answered: bool = False  # outbound/internal: the dialled side answered
     caller_gave_up: bool = False
     queue_abandoned: bool = False
-    queues: int = 0  # queues the caller is waiting in
+    queues: set[str] = field(default_factory=set)  # queues the caller is waiting in
     statuses: list[DialStatus] = field(default_factory=list)  # how offers ended without answer
     outbound_dialled: str | None = None
     recording_path: str | None = None
@@ -190,8 +190,8 @@ class CallTracker:
         leg = _Leg(ev.leg_id, ev.kind, ev.extension, ev.number, ev.name, ev.dialled, ev.at)
         call.legs[ev.leg_id] = leg
         self._leg_call[ev.leg_id] = call.call_id
-        if call.origin is None and ev.kind is not PartyKind.LOCAL:
-            call.origin = ev.leg_id
+        if ev.kind is not PartyKind.LOCAL and (call.origin is None or ev.leg_id == ev.call_id):
+            call.origin = ev.leg_id  # the leg that carries the call's own id is its first
         return []
 
     def _on_dialled(self, ev: LegDialled) -> list[Effect]:
@@ -331,7 +331,7 @@ class CallTracker:
         call = self._call_of(ev.call_id, ev.leg_id)
         if call is None or ev.leg_id != call.origin or call.answered_at is not None:
             return []
-        if call.queues > 0 or any(leg.offered and leg.dial_active for leg in call.legs.values()):
+        if call.queues or any(leg.offered and leg.dial_active for leg in call.legs.values()):
             call.caller_gave_up = True
         return []
 
@@ -374,13 +374,13 @@ class CallTracker:
     def _on_queue_joined(self, ev: QueueJoined) -> list[Effect]:
         call = self._call_of(ev.call_id, ev.leg_id)
         if call is not None:
-            call.queues += 1
+            call.queues.add(ev.queue)
         return []
 
     def _on_queue_left(self, ev: QueueLeft) -> list[Effect]:
         call = self._call_of(ev.call_id, ev.leg_id)
-        if call is not None and call.queues > 0:
-            call.queues -= 1
+        if call is not None:
+            call.queues.discard(ev.queue)
         return []
 
     def _on_queue_abandoned(self, ev: QueueAbandoned) -> list[Effect]:

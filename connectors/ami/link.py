@@ -82,8 +82,13 @@ class LinkSettings:
         return f"LinkSettings(host={self.host!r}, port={self.port}, username={self.username!r})"
 
 
-EventSink = Callable[[AmiMessage, float], Awaitable[None]]
 OnLogin = Callable[["AmiLink"], Awaitable[None]]
+
+# Write classes a call-logging gateway must not hold (least privilege).
+DANGEROUS_WRITE_CLASSES = frozenset({"system", "command", "config"})
+# After every login: what rights do we have, and what does the PBX hold now?
+# The list actions' items arrive as events, in order with the live ones.
+RESYNC_ACTIONS = ("CoreShowChannels", "QueueStatus")
 
 
 class AmiLink:
@@ -106,11 +111,14 @@ class AmiLink:
         self._pending: dict[str, tuple[str, asyncio.Future[AmiMessage]]] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._connected = asyncio.Event()
+        self._attempted = asyncio.Event()  # set after each connection attempt's login outcome
+        self._login_error: AmiLoginError | None = None
         self._closing = False
         self._runner: asyncio.Task[None] | None = None
         self.connects = 0  # successful logins
         self.queue_full_count = 0
         self.last_error: str | None = None
+        self.write_rights: frozenset[str] = frozenset()  # dangerous write classes our AMI user holds
 
     # -- public ----------------------------------------------------------------
 
@@ -123,7 +131,17 @@ class AmiLink:
             self._runner = asyncio.create_task(self.run(), name="ami-link")
 
     async def wait_connected(self, timeout: float | None = None) -> None:
-        await asyncio.wait_for(self._connected.wait(), timeout)
+        """Wait for a logged-in link; raise ``AmiLoginError`` if the PBX rejected
+        the login (the link goes on retrying slowly in the background)."""
+
+        async def wait() -> None:
+            while not self._connected.is_set():
+                if self._login_error is not None:
+                    raise self._login_error
+                self._attempted.clear()
+                await self._attempted.wait()
+
+        await asyncio.wait_for(wait(), timeout)
 
     async def close(self) -> None:
         """Stop for good: no reconnect is left scheduled, waiting actions fail."""
@@ -159,12 +177,15 @@ class AmiLink:
                 delay = self.settings.backoff_initial
             except AmiLoginError as exc:
                 self.last_error = str(exc)
+                self._login_error = exc
+                self._attempted.set()
                 log.error("AMI login to %s:%s rejected: %s; retrying in %.0f s",
                           self.settings.host, self.settings.port, exc, self.settings.login_retry)
                 await asyncio.sleep(self.settings.login_retry)
                 continue
             except (AmiError, OSError) as exc:
                 self.last_error = str(exc) or type(exc).__name__
+                self._attempted.set()
                 log.warning("AMI link to %s:%s lost: %s", self.settings.host, self.settings.port, self.last_error)
             if self._closing:
                 break
@@ -191,8 +212,11 @@ class AmiLink:
             reader_task = asyncio.create_task(self._read_loop(reader, codec), name="ami-reader")
             await self._login(writer)
             self.connects += 1
+            self._login_error = None
             self._connected.set()
+            self._attempted.set()
             pinger = asyncio.create_task(self._keepalive(writer), name="ami-ping")
+            await self._after_login(writer)
             if self._on_login is not None:
                 await self._on_login(self)
             done, _ = await asyncio.wait({reader_task, pinger}, return_when=asyncio.FIRST_COMPLETED)
@@ -239,6 +263,26 @@ class AmiLink:
             raise AmiLoginError(f"user {s.username!r}: {exc.message}") from exc
         except AmiTimeout as exc:
             raise AmiConnectError(f"no answer to Login within {s.login_timeout} s") from exc
+
+    async def _after_login(self, writer: asyncio.StreamWriter) -> None:
+        """Check our rights, then ask for the PBX's live state (resync)."""
+        try:
+            commands = await self._send(writer, "ListCommands", None, None)
+        except AmiActionError as exc:
+            log.warning("AMI ListCommands refused (%s): cannot check the AMI user's rights", exc.message)
+        else:
+            self.write_rights = _dangerous_rights(commands)
+            if self.write_rights:
+                log.warning(
+                    "AMI user %r holds write rights it does not need: %s. Remove them from manager.conf "
+                    "(least privilege: read = all, write = originate)",
+                    self.settings.username, ", ".join(sorted(self.write_rights)),
+                )
+        for name in RESYNC_ACTIONS:
+            try:
+                await self._send(writer, name, None, None)
+            except AmiActionError as exc:
+                log.warning("AMI %s refused during resync: %s", name, exc.message)
 
     async def _read_loop(self, reader: asyncio.StreamReader, codec: AmiCodec) -> None:
         while True:
@@ -313,3 +357,14 @@ class AmiLink:
         for name, future in pending.values():
             if not future.done():
                 future.set_exception(AmiLinkLost(f"{name}: {reason}; not re-sent"))
+
+
+def _dangerous_rights(commands: AmiMessage) -> frozenset[str]:
+    """Write classes among ``(Priv: ...)`` of the actions ListCommands allows us."""
+    found: set[str] = set()
+    for value in commands.values():
+        for item in [value] if isinstance(value, str) else value:
+            _, marker, privs = item.rpartition("(Priv:")
+            if marker:
+                found.update(p.strip() for p in privs.rstrip(") ").split(","))
+    return frozenset(found & DANGEROUS_WRITE_CLASSES)

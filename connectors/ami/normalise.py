@@ -30,6 +30,7 @@ from gateway.events import (
     LegHungUp,
     LegRinging,
     LegUnbridged,
+    LiveLegsListed,
     PartyKind,
     PbxRestarted,
     QueueAbandoned,
@@ -104,6 +105,15 @@ def _looks_like_number(value: str | None) -> bool:
     return bool(value) and value is not None and value.lstrip("+").isdigit()
 
 
+def _duration(text: str) -> float:
+    """``HH:MM:SS`` -> seconds (0 when unreadable)."""
+    try:
+        hours, minutes, seconds = (int(part) for part in text.split(":"))
+    except ValueError:
+        return 0.0
+    return float(hours * 3600 + minutes * 60 + seconds)
+
+
 def chan_variable(msg: AmiMessage, name: str, header: str = "ChanVariable") -> str | None:
     """A variable from ``ChanVariable: NAME=value`` headers (manager.conf channelvars)."""
     raw = msg.get(header)
@@ -117,7 +127,8 @@ def chan_variable(msg: AmiMessage, name: str, header: str = "ChanVariable") -> s
 
 
 class AmiNormaliser:
-    """Per-connection translator; keeps only what restart detection needs."""
+    """One per PBX link, kept across reconnects: it remembers the PBX's uptime
+    (restart detection) and the resync listing in progress."""
 
     def __init__(
         self,
@@ -132,6 +143,7 @@ class AmiNormaliser:
         self._did_variable = did_variable
         self._clock = clock
         self._uptime: float | None = None
+        self._listing: dict[str, set[tuple[str, str]]] = {}  # ActionID -> legs listed so far
         self._handlers: dict[str, Callable[[AmiMessage, float], list[CallEvent]]] = {
             "Newchannel": self._newchannel,
             "DialBegin": self._dial_begin,
@@ -150,6 +162,9 @@ class AmiNormaliser:
             "MixMonitorStart": self._mixmonitor,
             "Shutdown": self._shutdown,
             "FullyBooted": self._fully_booted,
+            "CoreShowChannel": self._listed_channel,
+            "CoreShowChannelsComplete": self._listing_complete,
+            "QueueEntry": self._queue_entry,
         }
 
     def normalise(self, msg: AmiMessage, received_at: float | None = None) -> list[CallEvent]:
@@ -247,6 +262,33 @@ class AmiNormaliser:
     def _mixmonitor(self, msg: AmiMessage, at: float) -> list[CallEvent]:
         path = chan_variable(msg, self._recording_variable)
         return [RecordingStarted(_str(msg, "Linkedid"), _str(msg, "Uniqueid"), at, path)]
+
+    # -- resync after a (re)connect ----------------------------------------------
+
+    def _listed_channel(self, msg: AmiMessage, at: float) -> list[CallEvent]:
+        """A live channel in the CoreShowChannels answer: recreate what it tells."""
+        call_id, leg_id = _str(msg, "Linkedid"), _str(msg, "Uniqueid")
+        if not call_id or not leg_id:
+            return []
+        self._listing.setdefault(_str(msg, "ActionID"), set()).add((call_id, leg_id))
+        started = at - _duration(_str(msg, "Duration"))
+        events: list[CallEvent] = self._newchannel(msg, started)
+        created = events[0]
+        assert isinstance(created, LegCreated)
+        if created.kind is PartyKind.AGENT and _str(msg, "ChannelStateDesc") == "Ringing":
+            # Its dial began while we were away: an offer still ringing.
+            events += [LegDialled(call_id, leg_id, at, "resync"), LegRinging(call_id, leg_id, at)]
+        bridge = _opt(msg, "BridgeId")
+        if bridge:
+            events.append(LegBridged(call_id, leg_id, bridge, at))
+        return events
+
+    def _listing_complete(self, msg: AmiMessage, at: float) -> list[CallEvent]:
+        legs = self._listing.pop(_str(msg, "ActionID"), set())
+        return [LiveLegsListed(at, frozenset(legs))]
+
+    def _queue_entry(self, msg: AmiMessage, at: float) -> list[CallEvent]:
+        return [QueueJoined(_str(msg, "Linkedid"), _str(msg, "Uniqueid"), _str(msg, "Queue"), at)]
 
     # -- PBX lifecycle -------------------------------------------------------
 
