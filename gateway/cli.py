@@ -180,8 +180,10 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0)
     def on_record(record: CallRecord) -> None:
         nonlocal logged
         logged += 1
-        log.info("call %s %s %s -> %s: %s%s", record.call_id, record.direction, record.caller, record.dialled,
-                 record.outcome, f" by {record.answered_by}" if record.answered_by else "")
+        who = f"{record.caller} ({record.caller_name})" if record.caller_name else record.caller
+        log.info("call %s %s %s -> %s: %s%s; rang %s, talked %s", record.call_id, record.direction, who,
+                 record.dialled, record.outcome, f" by {record.answered_by}" if record.answered_by else "",
+                 ",".join(record.rang) or "-", ",".join(record.talked) or "-")
         if stop_after and logged >= stop_after:
             done.set()
 
