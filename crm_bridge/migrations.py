@@ -69,6 +69,25 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE calls ADD COLUMN updated_at REAL;
         """,
     ),
+    (
+        3,
+        # The agent's call result and note, set from the caller card, often
+        # while the call is still going (so before its record exists): a table
+        # of its own, keyed by the call id. And the indexes behind the card's
+        # history and the agent's recent calls.
+        """
+        CREATE TABLE call_results (
+            call_id TEXT PRIMARY KEY,
+            result TEXT NOT NULL,
+            note TEXT,
+            set_by TEXT NOT NULL,
+            set_at REAL NOT NULL
+        );
+        CREATE INDEX calls_caller ON calls (caller, started_at);
+        CREATE INDEX calls_dialled ON calls (dialled, started_at);
+        CREATE INDEX call_legs_extension ON call_legs (extension, started_at);
+        """,
+    ),
 ]
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

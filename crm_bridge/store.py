@@ -102,8 +102,37 @@ _SELECT_LEGS = (
 
 @dataclass(slots=True)
 class _Pending:
-    record: CallRecord
+    """A call record to upsert, or (record None) statements to run, in one batch."""
+
+    record: CallRecord | None
     done: asyncio.Future[None]
+    statements: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+
+    @property
+    def label(self) -> str:
+        return f"call {self.record.call_id}" if self.record is not None else "write"
+
+
+@dataclass(frozen=True, slots=True)
+class CallSummary:
+    """A call as the caller card and the recent-calls list show it."""
+
+    call_id: str
+    started_at: float
+    direction: str
+    caller: str | None
+    dialled: str | None
+    outcome: str
+    answered_by: str | None
+    talk_seconds: float
+    result: str | None
+    note: str | None
+
+
+_SELECT_SUMMARY = (
+    "SELECT c.call_id, c.started_at, c.direction, c.caller, c.dialled, c.outcome, c.answered_by, "
+    "c.talk_seconds, r.result, r.note FROM calls AS c LEFT JOIN call_results AS r ON r.call_id = c.call_id"
+)
 
 
 class Store:
@@ -206,16 +235,60 @@ class Store:
         if self._closing:
             raise StoreError(f"{self.path}: the call store is closed; call {record.call_id} not saved")
         _check_record(self.path, record)
+        await self._enqueue(record, ())
+
+    async def set_result(self, call_id: str, result: str, note: str | None, set_by: str, at: float) -> None:
+        """Record (or replace) the agent's result and note for a call; returns once committed."""
+        if self._closing:
+            raise StoreError(f"{self.path}: the call store is closed; result of {call_id} not saved")
+        sql = (
+            "INSERT INTO call_results (call_id, result, note, set_by, set_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (call_id) DO UPDATE SET result = excluded.result, note = excluded.note, "
+            "set_by = excluded.set_by, set_at = excluded.set_at"
+        )
+        await self._enqueue(None, ((sql, (call_id, result, note, set_by, at)),))
+
+    async def _enqueue(self, record: CallRecord | None, statements: tuple[tuple[str, tuple[Any, ...]], ...]) -> None:
         self._saves_in_progress += 1
         self._no_saves_in_progress.clear()
         try:
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            await self._queue.put(_Pending(record, done))
+            await self._queue.put(_Pending(record, done, statements))
             await done
         finally:
             self._saves_in_progress -= 1
             if self._saves_in_progress == 0:
                 self._no_saves_in_progress.set()
+
+    async def calls_with_number(self, number: str, *, limit: int = 5, exclude: str | None = None) -> list[CallSummary]:
+        """The latest calls from or to ``number``, newest first (the card's history)."""
+        return await self._summaries(
+            f"{_SELECT_SUMMARY} WHERE (c.caller = ? OR c.dialled = ?) AND c.call_id != ? "
+            "ORDER BY c.started_at DESC LIMIT ?",
+            (number, number, exclude or "", limit),
+        )
+
+    async def calls_of_agent(self, extensions: Sequence[str], *, limit: int = 20) -> list[CallSummary]:
+        """The latest calls that rang or were placed by one of ``extensions``, newest first."""
+        marks = ", ".join("?" for _ in extensions)
+        return await self._summaries(
+            f"{_SELECT_SUMMARY} WHERE c.call_id IN (SELECT call_id FROM call_legs WHERE extension IN ({marks})) "
+            "ORDER BY c.started_at DESC LIMIT ?",
+            (*extensions, limit),
+        )
+
+    async def call_summary(self, call_id: str) -> CallSummary | None:
+        rows = await self._summaries(f"{_SELECT_SUMMARY} WHERE c.call_id = ?", (call_id,))
+        return rows[0] if rows else None
+
+    async def _summaries(self, sql: str, params: tuple[Any, ...]) -> list[CallSummary]:
+        self._check_open()
+        try:
+            async with self._read_lock:
+                rows = await self._reader_db.execute_fetchall(sql, params)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot read calls: {exc}") from exc
+        return [CallSummary(*row) for row in rows]
 
     async def calls(self, *, since: float | None = None) -> list[CallRecord]:
         """Stored calls with ``started_at >= since`` (all when None), oldest first.
@@ -335,10 +408,13 @@ class Store:
         # Several saves of one call in a batch: the last one wins (dict keeps
         # the first position, takes the last value); writing each in turn
         # would insert the same legs twice.
-        latest = {pending.record.call_id: pending.record for pending in batch}
+        latest = {pending.record.call_id: pending.record for pending in batch if pending.record is not None}
         updated_at = time.time()
         db = self._writer_db
         await db.execute("BEGIN IMMEDIATE")
+        for pending in batch:
+            for sql, params in pending.statements:
+                await db.execute(sql, params)
         await db.executemany(_UPSERT_CALL, [(*_call_row(r), updated_at) for r in latest.values()])
         await db.executemany(_DELETE_LEGS, [(call_id,) for call_id in latest])
         await db.executemany(
@@ -351,7 +427,7 @@ class Store:
             if pending.done.done():
                 continue  # its saver was cancelled
             error = StoreError(
-                f"{self.path}: {what}; call {pending.record.call_id} not saved"
+                f"{self.path}: {what}; {pending.label} not saved"
                 + (f": {cause}" if cause is not None else "")
             )
             error.__cause__ = cause

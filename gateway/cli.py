@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import getpass
 import json
 import logging
+import secrets
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,10 +21,17 @@ from connectors.ami.capture import CaptureError
 from connectors.ami.link import AmiLink, LinkSettings
 from connectors.ami.normalise import AmiNormaliser, ChannelClassifier
 from crm_bridge.store import Store, StoreError
+from aiohttp import web
+
+from gateway.auth import Signer, hash_password
 from gateway.config import Config, ConfigError, load_config
+from gateway.hub import Hub
+from gateway.metrics import Metrics
 from gateway.record import CallRecord
 from gateway.replay import replay_capture
 from gateway.service import Gateway
+from gateway.users import Directory, Role, User
+from gateway.web import build_app
 
 log = logging.getLogger("cti_gateway")
 
@@ -65,7 +75,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=float, default=1.0, help="play calls faster (>1) or instantly (0)")
     p.add_argument("--calls", type=int, default=0, help="stop after this many logged calls (0: never)")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--host", default="127.0.0.1", help="address of the demo's web page")
+    p.add_argument("--port", type=int, default=8080, help="port of the demo's web page (0: any free port)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("token", help="print a websocket token for an agent (for CRM widgets and scripts)")
+    p.add_argument("--config", required=True, type=Path)
+    p.add_argument("agent", help="the agent's login or extension")
+    p.add_argument("--ttl", type=float, default=12.0, help="hours the token stays valid")
+    p.set_defaults(func=cmd_token)
+
+    p = sub.add_parser("hash-password", help="read a password (stdin or prompt) and print its hash for the config")
+    p.set_defaults(func=cmd_hash_password)
 
     p = sub.add_parser("replay", help="print one JSON record per call in an AMI capture")
     p.add_argument("capture", type=Path, help="*.ami raw bytes, *.jsonl JSON lines, or a JSON array")
@@ -148,7 +169,8 @@ async def _read_calls(config: Config, since: float | None) -> list[CallRecord]:
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.file)
     ami = f"AMI {config.ami.username}@{config.ami.host}:{config.ami.port}" if config.ami else "no AMI"
-    print(f"{args.file}: OK ({ami}; store {config.store.path}; {len(config.agents)} agents configured)")
+    print(f"{args.file}: OK ({ami}; store {config.store.path}; {len(config.agents)} agent devices, "
+          f"{len(config.users)} users configured)")
     return 0
 
 
@@ -167,8 +189,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(_serve(config, settings))
 
 
-async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0) -> int:
-    """Connect the link, consume, store; until a signal (or ``stop_after`` calls)."""
+async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
+                 started: Callable[[int], None] | None = None) -> int:
+    """Connect the link, consume, store, serve HTTP; until a signal (or ``stop_after`` calls)."""
     try:
         store = await Store.open(config.store.path)
     except StoreError as exc:
@@ -187,19 +210,42 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0)
         if stop_after and logged >= stop_after:
             done.set()
 
-    gateway = Gateway(store, on_record=on_record)
+    http = config.http
+    if http.secret is None:
+        log.warning("[http] secret_env/secret_file not set: sessions and tokens last until this process stops")
+    signer = Signer(http.secret.value.encode() if http.secret else secrets.token_bytes(32), time.time)
+    metrics = Metrics()
+    directory = Directory(config.users)
+    hub = Hub(directory, metrics)
+    gateway = Gateway(store, hub=hub, metrics=metrics, region=http.default_region,
+                      crm_url_template=http.crm_url_template, on_record=on_record)
     normaliser = AmiNormaliser(
         ChannelClassifier(config.agent_devices()),
         recording_variable=config.ami.recording_variable if config.ami else "RECFILE",
         did_variable=config.ami.did_variable if config.ami else "DID",
     )
+    app = build_app(http=http, store=store, hub=hub, signer=signer, directory=directory, metrics=metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, http.host, http.port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        await store.close()
+        print(f"cti-gateway: cannot listen on {http.host}:{http.port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    port = int(runner.addresses[0][1]) if runner.addresses else http.port
     link = AmiLink(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, done.set)
     link.start()
     consumer = asyncio.create_task(gateway.consume_ami(link, normaliser), name="ami-consumer")
-    log.info("gateway running: AMI %s:%s, store %s", settings.host, settings.port, config.store.path)
+    log.info("gateway running: AMI %s:%s, HTTP http://%s:%s/, store %s", settings.host, settings.port,
+             http.host, port, config.store.path)
+    if started is not None:
+        started(port)
     try:
         await done.wait()
     finally:
@@ -209,6 +255,7 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0)
         consumer.cancel()
         await asyncio.gather(consumer, return_exceptions=True)
         await gateway.drain()
+        await runner.cleanup()
         await store.close()
     return 0
 
@@ -225,14 +272,67 @@ async def _demo(args: argparse.Namespace) -> int:
     from gateway.config import HttpConfig, StoreConfig
 
     store_path = args.store or Path(tempfile.mkdtemp(prefix="cti-demo-")) / "demo.sqlite3"
+    users = await asyncio.get_running_loop().run_in_executor(None, demo_users)
     async with AmiServer(username="gateway", secret="demo-secret") as server:
         pbx = DemoPbx(server, rng=random.Random(args.seed))
         player = asyncio.create_task(pbx.run(interval=args.interval, speed=args.speed), name="demo-pbx")
-        config = Config(source=None, ami=None, http=HttpConfig(), store=StoreConfig(path=store_path))
+        config = Config(source=None, ami=None, http=HttpConfig(host=args.host, port=args.port),
+                        store=StoreConfig(path=store_path), users=users)
         settings = LinkSettings(host="127.0.0.1", port=server.port, username="gateway", secret="demo-secret")
-        print(f"demo: built-in PBX on 127.0.0.1:{server.port}, calls stored in {store_path}", file=sys.stderr)
+
+        def started(port: int) -> None:
+            print(f"demo: built-in PBX on 127.0.0.1:{server.port}, calls stored in {store_path}\n"
+                  f"demo: open http://{args.host}:{port}/ and log in as anna, boris or vera (agents 101-103), "
+                  f"olga (manager), mark (marketer) or admin; the password is \"demo\"", file=sys.stderr)
+
         try:
-            return await _serve(config, settings, stop_after=args.calls)
+            return await _serve(config, settings, stop_after=args.calls, started=started)
         finally:
             player.cancel()
             await asyncio.gather(player, return_exceptions=True)
+
+
+def demo_users() -> tuple[User, ...]:
+    """The demo's people; password "demo" for all. Never used outside ``demo``."""
+    pw = hash_password("demo")
+    return (
+        User("anna", "Анна Иванова", Role.AGENT, pw, team="sales", extensions=("101",)),
+        User("boris", "Борис Петров", Role.AGENT, pw, team="sales", extensions=("102",)),
+        User("vera", "Vera Smirnova", Role.AGENT, pw, team="sales", extensions=("103",)),
+        User("olga", "Ольга Кузнецова", Role.MANAGER, pw, leads=("sales",)),
+        User("mark", "Mark Sokolov", Role.MARKETER, pw),
+        User("admin", "Administrator", Role.ADMIN, pw),
+    )
+
+
+# -- tokens and passwords -------------------------------------------------------
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if config.http.secret is None:
+        raise ConfigError(f"{args.config}: [http] secret_env: needed to sign tokens the running gateway accepts")
+    agent = Directory(config.users).agent(args.agent)
+    if agent is None:
+        print(f"cti-gateway token: no agent with login or extension {args.agent!r} in {args.config}",
+              file=sys.stderr)
+        return 2
+    signer = Signer(config.http.secret.value.encode(), time.time)
+    token, _ = signer.issue("ws", agent.login, args.ttl * 3600)
+    print(token)
+    return 0
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("cti-gateway hash-password: the two passwords differ", file=sys.stderr)
+            return 2
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if len(password) < 8:
+        print("cti-gateway hash-password: use at least 8 characters", file=sys.stderr)
+        return 2
+    print(hash_password(password))
+    return 0

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.auth import is_password_hash
+from gateway.users import Role, User
+
 
 class ConfigError(Exception):
     """A configuration problem, worded for the administrator who must fix it."""
@@ -40,10 +43,20 @@ class AmiConfig:
     did_variable: str = "DID"
 
 
+DEFAULT_CALL_RESULTS = ("order", "question", "complaint", "spam", "wrong_number")
+
+
 @dataclass(frozen=True)
 class HttpConfig:
     host: str = "127.0.0.1"
     port: int = 8080
+    secret: Secret | None = None  # signs sessions and tokens; None: a random one per process
+    allowed_origins: tuple[str, ...] = ()
+    cookie_secure: bool = False
+    session_hours: float = 12.0
+    default_region: str = "RU"
+    crm_url_template: str | None = None  # e.g. "https://crm.example.com/contacts?phone={phone}"
+    call_results: tuple[str, ...] = DEFAULT_CALL_RESULTS
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,7 @@ class Config:
     http: HttpConfig
     store: StoreConfig
     agents: tuple[AgentConfig, ...] = ()
+    users: tuple[User, ...] = ()
 
     def agent_devices(self) -> dict[str, str]:
         """Device name -> extension, for the AMI channel classifier."""
@@ -134,7 +148,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
 def parse_config(data: Mapping[str, Any], *, source: Path | None, environ: Mapping[str, str]) -> Config:
     where = str(source) if source else "<config>"
     base = source.parent if source else Path.cwd()
-    known = {"ami", "http", "store", "agents"}
+    known = {"ami", "http", "store", "agents", "users"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{where}: [{key}]: unknown section (known: {', '.join(sorted(known))})")
@@ -161,7 +175,25 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None, environ: Mappi
         r.check_unknown()
 
     r = table("http")
-    http = HttpConfig(host=r.text("host", "127.0.0.1"), port=r.port("port", 8080))
+    has_secret = "secret_env" in r.table or "secret_file" in r.table
+    http = HttpConfig(
+        host=r.text("host", "127.0.0.1"),
+        port=r.port("port", 8080),
+        secret=_secret(r, base, environ) if has_secret else None,
+        allowed_origins=tuple(_strings(r, "allowed_origins", (), "a list of origins like \"https://crm.example.com\"")),
+        cookie_secure=r.get("cookie_secure", bool, False, "true or false"),
+        session_hours=r.seconds("session_hours", 12.0),
+        default_region=r.text("default_region", "RU").upper(),
+        crm_url_template=r.get("crm_url_template", str, None, "a URL with {phone} or {contact_id}"),
+        call_results=tuple(_strings(r, "call_results", DEFAULT_CALL_RESULTS, "a non-empty list of result names")),
+    )
+    if not http.call_results:
+        raise r._fail("call_results", "a non-empty list of result names", [])
+    for origin in http.allowed_origins:
+        if not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
+            raise r._fail("allowed_origins", 'origins like "https://crm.example.com" (scheme and host, no path)', origin)
+    if http.secret is not None and len(http.secret.value.encode()) < 16:
+        raise ConfigError(f"{where}: [http] secret_env: expected a secret of at least 16 bytes (32 random bytes are best)")
     r.check_unknown()
 
     r = table("store")
@@ -170,7 +202,61 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None, environ: Mappi
     r.check_unknown()
 
     agents = _agents(data.get("agents", []), where)
-    return Config(source=source, ami=ami, http=http, store=store, agents=agents)
+    users = _users(data.get("users", []), where)
+    return Config(source=source, ami=ami, http=http, store=store, agents=agents, users=users)
+
+
+def _strings(r: _Reader, key: str, default: tuple[str, ...], expected: str) -> list[str]:
+    value = r.get(key, list, list(default), expected)
+    if not all(isinstance(item, str) and item.strip() for item in value):
+        raise r._fail(key, expected, value)
+    return list(value)
+
+
+def _users(items: Any, where: str) -> tuple[User, ...]:
+    if not isinstance(items, list):
+        raise ConfigError(f"{where}: [[users]]: expected an array of tables, got {items!r}")
+    users: list[User] = []
+    logins: set[str] = set()
+    owners: dict[str, str] = {}
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}: [[users]] #{index + 1}: expected a table, got {item!r}")
+        r = _Reader(where, item, f"users #{index + 1}")
+        login = r.text("login", required=True)
+        if login in logins:
+            raise r._fail("login", "a login not used by another user", login)
+        logins.add(login)
+        role_name = r.text("role", required=True)
+        try:
+            role = Role(role_name)
+        except ValueError:
+            raise r._fail("role", "one of agent, manager, marketer, admin", role_name) from None
+        password_hash = r.text("password_hash", required=True)
+        if not is_password_hash(password_hash):
+            raise r._fail("password_hash", "a hash made by `cti-gateway hash-password` (scrypt$...)", "<not shown>")
+        extensions = tuple(_strings(r, "extensions", (), "a list of extensions like \"101\""))
+        if extensions and role is not Role.AGENT:
+            raise r._fail("extensions", "no extensions: only agents have phones", list(extensions))
+        for extension in extensions:
+            if extension in owners:
+                raise r._fail("extensions", f"an extension not already given to {owners[extension]}", extension)
+            owners[extension] = login
+        leads = tuple(_strings(r, "leads", (), "a list of team names"))
+        if leads and role is not Role.MANAGER:
+            raise r._fail("leads", "no teams: only managers lead teams", list(leads))
+        user = User(
+            login=login,
+            name=r.text("name", login),
+            role=role,
+            password_hash=password_hash,
+            team=r.get("team", str, None, "a team name"),
+            leads=leads,
+            extensions=extensions,
+        )
+        r.check_unknown()
+        users.append(user)
+    return tuple(users)
 
 
 def _secret(r: _Reader, base: Path, environ: Mapping[str, str]) -> Secret:

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from connectors.ami.link import AmiLink
 from connectors.ami.normalise import AmiNormaliser
 from crm_bridge.store import Store
-from gateway.effects import CallFinished, Effect
+from gateway.card import Card, build_card, with_history
+from gateway.effects import AgentAnswered, AgentLegEnded, AgentRingStarted, AgentRingStopped, CallFinished, Effect
 from gateway.events import CallEvent
+from gateway.hub import Hub
+from gateway.metrics import Metrics
 from gateway.record import CallRecord
 from gateway.tracker import CallTracker
 
@@ -25,26 +29,72 @@ log = logging.getLogger(__name__)
 RecordListener = Callable[[CallRecord], None]
 
 
-class Gateway:
-    """Tracker + store, fed by any connector through ``apply``."""
+HISTORY_TIMEOUT = 2.0  # a slow store delays the card's history, never the pop
 
-    def __init__(self, store: Store, *, on_record: RecordListener | None = None) -> None:
+
+class Gateway:
+    """Tracker + store + hub, fed by any connector through ``apply``."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        hub: Hub | None = None,
+        metrics: Metrics | None = None,
+        region: str = "RU",
+        crm_url_template: str | None = None,
+        on_record: RecordListener | None = None,
+    ) -> None:
         self.store = store
+        self.hub = hub
+        self.metrics = metrics or (hub.metrics if hub else Metrics())
         self.tracker = CallTracker()
+        self.region = region
+        self.crm_url_template = crm_url_template
         self._on_record = on_record
-        self._saving: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.metrics.live_calls.set_function(lambda: self.tracker.live_call_count)
 
     def apply(self, event: CallEvent) -> None:
         for effect in self.tracker.feed(event):
             self._carry_out(effect)
 
     def _carry_out(self, effect: Effect) -> None:
+        hub = self.hub
         if isinstance(effect, CallFinished):
-            task = asyncio.create_task(self._save(effect.record), name=f"save-{effect.record.call_id}")
-            self._saving.add(task)
-            task.add_done_callback(self._saving.discard)
-        else:
-            log.debug("effect %s", effect)
+            self.metrics.calls_finished.labels(effect.record.outcome).inc()
+            self._spawn(self._save(effect.record), f"save-{effect.record.call_id}")
+            if hub is not None:
+                hub.call_finished(effect.record.call_id)
+        elif hub is None:
+            return
+        elif isinstance(effect, AgentRingStarted):
+            card = build_card(direction=effect.direction, caller=effect.caller, caller_name=effect.caller_name,
+                              dialled=effect.dialled, region=self.region, crm_url_template=self.crm_url_template)
+            pop = hub.ring_started(effect, card)
+            customer = effect.dialled if effect.direction == "outbound" else effect.caller
+            if pop is not None and customer:
+                self._spawn(self._history(pop.pop_id, card, customer, effect.call_id), f"history-{pop.pop_id}")
+        elif isinstance(effect, AgentRingStopped):
+            hub.ring_stopped(effect)
+        elif isinstance(effect, AgentAnswered):
+            hub.answered(effect)
+        elif isinstance(effect, AgentLegEnded):
+            hub.leg_ended(effect)
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _history(self, pop_id: str, card: Card, number: str, call_id: str) -> None:
+        try:
+            calls = await asyncio.wait_for(self.store.calls_with_number(number, exclude=call_id), HISTORY_TIMEOUT)
+        except Exception as exc:  # the pop went out already; the card just lacks its history
+            log.warning("history for a pop of call %s not loaded: %s", call_id, exc or type(exc).__name__)
+            return
+        if self.hub is not None:
+            self.hub.card_updated(pop_id, with_history(card, calls))
 
     async def _save(self, record: CallRecord) -> None:
         try:
@@ -57,12 +107,16 @@ class Gateway:
 
     async def drain(self) -> None:
         """Wait until every finished call handed to the store is written."""
-        while self._saving:
-            await asyncio.gather(*list(self._saving), return_exceptions=True)
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def consume_ami(self, link: AmiLink, normaliser: AmiNormaliser) -> None:
         """The single consumer of one AMI link's events."""
+        self.metrics.ami_connected.set_function(lambda: int(link.is_connected))
+        self.metrics.ami_connects.set_function(lambda: link.connects)
+        self.metrics.ami_queue_full.set_function(lambda: link.queue_full_count)
         while True:
             message, received_at = await link.events.get()
+            self.metrics.ami_events.inc()
             for event in normaliser.normalise(message, received_at):
                 self.apply(event)

@@ -21,10 +21,15 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 def test_example_config_is_valid() -> None:
-    config = load_config(REPO / "config" / "example.toml", {"CTI_AMI_SECRET": "s3cret"})
+    config = load_config(REPO / "config" / "example.toml",
+                         {"CTI_AMI_SECRET": "s3cret", "CTI_HTTP_SECRET": "0123456789abcdef-http"})
     assert config.ami is not None and config.ami.secret.value == "s3cret"
     assert config.agent_devices()["PJSIP/101"] == "101"
     assert "s3cret" not in repr(config) and "s3cret" not in str(config.ami.secret)
+    assert "0123456789abcdef-http" not in repr(config)
+    assert [u.login for u in config.users] == ["anna", "boris", "vera", "olga", "mark", "admin"]
+    assert config.users[0].extensions == ("101",) and config.users[3].leads == ("sales",)
+    assert "scrypt" not in repr(config.users[0])  # hashes stay out of logs too
 
 
 @pytest.mark.parametrize(
@@ -40,6 +45,13 @@ def test_example_config_is_valid() -> None:
         (GOOD_AMI + "[[agents]]\nextension = '101'\ndevices = ['101']\n", "[agents #1] devices: expected a list"),
         (GOOD_AMI + "[http]\nport = true\n", "[http] port: expected an integer"),
         ("[ami\n", "not valid TOML"),
+        (GOOD_AMI + "[http]\nsecret_env = 'AMI_SECRET'\n", "[http] secret_env: expected a secret of at least 16"),
+        (GOOD_AMI + "[http]\nallowed_origins = ['crm.example.com']\n", "[http] allowed_origins: expected origins"),
+        (GOOD_AMI + "[[users]]\nlogin = 'a'\nrole = 'boss'\npassword_hash = 'x'\n", "[users #1] role: expected one of"),
+        (GOOD_AMI + "[[users]]\nlogin = 'a'\nrole = 'agent'\npassword_hash = 'plain'\n",
+         "[users #1] password_hash: expected a hash made by `cti-gateway hash-password`"),
+        (GOOD_AMI + "[[users]]\nlogin = 'a'\nrole = 'marketer'\nextensions = ['101']\npassword_hash = 'scrypt$1$2$3$4$5'\n",
+         "[users #1] extensions: expected no extensions"),
     ],
 )
 def test_errors_name_file_key_and_expectation(tmp_path: Path, text: str, expected: str) -> None:

@@ -1,0 +1,89 @@
+"""The caller card: what an agent sees while his phone rings.
+
+Built at once from what the gateway holds in memory (no I/O), so the pop
+never waits; history from the store is added later by ``with_history``.
+Fields that later releases fill (contact, assigned manager, number plan, VIP)
+are present and empty, with the dialled number standing in for shop and channel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import quote
+
+import phonenumbers
+
+from crm_bridge.store import CallSummary
+from gateway.record import iso
+
+Card = dict[str, Any]
+
+
+def phone(raw: str | None, region: str) -> dict[str, Any] | None:
+    """A number as E.164 and as people write it; an extension stays as it is."""
+    if not raw:
+        return None
+    if raw.isdigit() and len(raw) <= 6:
+        return {"e164": None, "display": raw, "raw": raw, "extension": True}
+    try:
+        parsed = phonenumbers.parse(raw, region)
+    except phonenumbers.NumberParseException:
+        return {"e164": None, "display": raw, "raw": raw}
+    if not phonenumbers.is_possible_number(parsed):
+        return {"e164": None, "display": raw, "raw": raw}
+    fmt = (phonenumbers.PhoneNumberFormat.NATIONAL
+           if phonenumbers.region_code_for_number(parsed) == region and region != "RU"
+           else phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+    return {
+        "e164": phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164),
+        "display": phonenumbers.format_number(parsed, fmt),
+        "raw": raw,
+    }
+
+
+def build_card(
+    *,
+    direction: str,
+    caller: str | None,
+    caller_name: str | None,
+    dialled: str | None,
+    region: str,
+    crm_url_template: str | None,
+) -> Card:
+    # On an outbound call that reaches an agent (a transfer), the customer is the dialled side.
+    customer_raw = dialled if direction == "outbound" else caller
+    customer = phone(customer_raw, region)
+    if customer is not None and direction != "outbound":
+        customer["name"] = caller_name
+    line = phone(dialled if direction != "outbound" else caller, region)
+    crm_url = None
+    if crm_url_template and customer is not None:
+        key = customer.get("e164") or customer["raw"]
+        crm_url = crm_url_template.replace("{phone}", quote(key, safe="")).replace("{contact_id}", "")
+    return {
+        "direction": direction,
+        "caller": customer,
+        "dialled": line,
+        "shop": line["e164"] if line and line.get("e164") else (dialled or None),
+        "channel": line["e164"] if line and line.get("e164") else (dialled or None),
+        "contact": None,
+        "assigned_manager": None,
+        "vip": False,
+        "recent_calls": None,
+        "open_missed_calls": None,
+        "crm_url": crm_url,
+    }
+
+
+def with_history(card: Card, calls: Sequence[CallSummary]) -> Card:
+    """The card with its last calls; missed-call tasks arrive in a later release (0 until then)."""
+    return {
+        **card,
+        "recent_calls": [
+            {"call_id": c.call_id, "started_at": iso(c.started_at), "direction": c.direction, "outcome": c.outcome,
+             "answered_by": c.answered_by, "result": c.result, "note": c.note}
+            for c in calls
+        ],
+        "open_missed_calls": 0,
+    }

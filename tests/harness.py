@@ -1,0 +1,142 @@
+"""A whole gateway in the test's event loop: the in-process AMI server, the
+real link, tracker, store on a SQLite file, hub and HTTP app on 127.0.0.1.
+
+Tests drive it from the PBX side (play scenarios or capture bytes into the AMI
+server) and observe it from the people's side (HTTP, websockets, a browser).
+Nothing of ours is replaced: the harness only wires the real parts together
+the way ``cti-gateway run`` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from connectors.ami.link import AmiLink, LinkSettings
+from connectors.ami.normalise import AmiNormaliser
+from connectors.ami.server import AmiServer
+from crm_bridge.store import Store
+from gateway.auth import Signer, hash_password
+from gateway.config import HttpConfig
+from gateway.hub import Hub
+from gateway.metrics import Metrics
+from gateway.record import CallRecord
+from gateway.service import Gateway
+from gateway.users import Directory, Role, User
+from gateway.web import build_app
+
+PASSWORD = "correct horse"
+SECRET = b"test-signing-secret-0123456789"
+_HASH: str | None = None
+
+
+def password_hash() -> str:
+    global _HASH  # computed once per test session: scrypt is slow on purpose
+    if _HASH is None:
+        _HASH = hash_password(PASSWORD)
+    return _HASH
+
+
+def default_users() -> tuple[User, ...]:
+    pw = password_hash()
+    return (
+        User("anna", "Анна Иванова", Role.AGENT, pw, team="sales", extensions=("101",)),
+        User("boris", "Борис Петров", Role.AGENT, pw, team="sales", extensions=("102",)),
+        User("vera", "Vera Smirnova", Role.AGENT, pw, team="support", extensions=("103",)),
+        User("olga", "Ольга Кузнецова", Role.MANAGER, pw, leads=("sales",)),
+        User("pavel", "Pavel Orlov", Role.MANAGER, pw, leads=("support",)),
+        User("mark", "Mark Sokolov", Role.MARKETER, pw),
+        User("admin", "Administrator", Role.ADMIN, pw),
+    )
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, *, users: tuple[User, ...] | None = None,
+                 http: HttpConfig | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.tmp_path = tmp_path
+        self.users = users if users is not None else default_users()
+        self.http = http or HttpConfig(host="127.0.0.1", port=0, allowed_origins=("http://crm.example.com",))
+        self.clock = clock
+        self.ami = AmiServer(username="gateway", secret="s3cret")
+        self.records: list[CallRecord] = []
+        self.record_added = asyncio.Event()
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        self._consumer: asyncio.Task[None] | None = None
+
+    async def start(self) -> Harness:
+        await self.ami.start()
+        self.store = await Store.open(self.tmp_path / "gw.sqlite3")
+        self.metrics = Metrics()
+        self.directory = Directory(self.users)
+        self.signer = Signer(SECRET, self.clock)
+        self.hub = Hub(self.directory, self.metrics, clock=self.clock)
+        self.gateway = Gateway(self.store, hub=self.hub, metrics=self.metrics, on_record=self._on_record)
+        await self.start_http()
+        self.link = AmiLink(LinkSettings("127.0.0.1", self.ami.port, "gateway", "s3cret", backoff_initial=0.05))
+        self.normaliser = AmiNormaliser()
+        self.link.start()
+        self._consumer = asyncio.create_task(self.gateway.consume_ami(self.link, self.normaliser))
+        await self.link.wait_connected(10)
+        await self.ami.wait_for_login(10)
+        return self
+
+    async def start_http(self) -> None:
+        app = build_app(http=self.http, store=self.store, hub=self.hub, signer=self.signer,
+                        directory=self.directory, metrics=self.metrics, clock=self.clock)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+
+    async def stop_http(self) -> None:
+        """Stop the web server (websockets are closed), keep the port for ``start_http``."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def token(self, login: str, ttl: float = 300.0) -> str:
+        return self.signer.issue("ws", login, ttl)[0]
+
+    def _on_record(self, record: CallRecord) -> None:
+        self.records.append(record)
+        self.record_added.set()
+
+    async def wait_records(self, count: int, timeout: float = 10.0) -> list[CallRecord]:
+        async def wait() -> None:
+            while len(self.records) < count:
+                self.record_added.clear()
+                await self.record_added.wait()
+
+        await asyncio.wait_for(wait(), timeout)
+        return self.records
+
+    async def close(self) -> None:
+        await self.link.close()
+        if self._consumer is not None:
+            self._consumer.cancel()
+            await asyncio.gather(self._consumer, return_exceptions=True)
+        await self.gateway.drain()
+        await self.stop_http()
+        await self.store.close()
+        await self.ami.close()
+
+    async def __aenter__(self) -> Harness:
+        return await self.start()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
