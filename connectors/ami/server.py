@@ -14,6 +14,26 @@ raw capture bytes with ``send_raw`` (``capture_stream``). Every action a client
 sends is recorded in ``actions`` (Originates also in ``originates``) and
 answered by ``action_handlers``, which a test may extend or replace.
 
+The server keeps a live channel table (``live``) from the events it sends
+(``send_event``, ``play``, and ``send_raw``, whose bytes it parses): Newchannel
+adds a channel, Newstate/NewCallerid/NewConnectedLine/Newexten (any event
+carrying the channel's snapshot) update it, BridgeEnter/BridgeLeave set and
+clear its bridge, Hangup removes it; QueueCallerJoin/Leave track the callers
+waiting in each queue. ``CoreShowChannels`` and ``QueueStatus`` answer from it
+as Asterisk 22 does (resync_snapshot capture), so a client that reconnects in
+the middle of a call can rebuild it. ``ListCommands`` lists the actions the
+account may use, from ``write_perms`` (Asterisk's ``write =`` classes).
+
+Fault knobs, for the link's tests: ``answer_pings=False`` (Ping is never
+answered, as on a half-open link), ``banner_delay`` (None: the socket is
+accepted and nothing is ever said, as during an Asterisk start-up),
+``close_after_banner``, ``uptime`` (FullyBooted's Uptime; set it lower to
+simulate a restart), ``drop_clients()`` (abort every connection, keep
+listening), ``shutdown_event()`` (Asterisk's Shutdown event, then the sockets
+close) and ``freeze()`` (existing sessions stop reading and writing without
+closing: a half-open connection). ``connection_times`` and ``logins`` count
+what clients did.
+
 Delivery rules: each client has its own bounded write queue and writer task.
 ``send_event`` waits while a client is more than ``high_water`` bytes behind,
 so a reading client is never outrun, even by a scenario played with speed=0;
@@ -34,13 +54,22 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Final
 
 from connectors.ami.codec import AmiCodec, AmiMessage
 
-__all__ = ["ActionHandler", "AmiServer", "capture_stream", "encode_message"]
+__all__ = [
+    "DEFAULT_WRITE_PERMS",
+    "ActionHandler",
+    "AmiServer",
+    "ChannelTable",
+    "LiveChannel",
+    "capture_stream",
+    "encode_message",
+]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +105,225 @@ _WRITE_ACTIONS: Final = frozenset(
         "userevent",
     }
 )
+
+# The channel snapshot headers Asterisk 22 puts in every channel event and in
+# CoreShowChannel, in that order (resync_snapshot).
+_SNAPSHOT: Final = (
+    "Channel",
+    "ChannelState",
+    "ChannelStateDesc",
+    "CallerIDNum",
+    "CallerIDName",
+    "ConnectedLineNum",
+    "ConnectedLineName",
+    "Language",
+    "AccountCode",
+    "Context",
+    "Exten",
+    "Priority",
+    "Uniqueid",
+    "Linkedid",
+)
+# Events that name a second channel with these header prefixes; its snapshot
+# is as current as the first one's.
+_SNAPSHOT_PREFIXES: Final = ("", "Dest")
+
+DEFAULT_WRITE_PERMS: Final[frozenset[str]] = frozenset({"originate", "call"})
+"""``write = originate,call``: what a gateway placing click-to-call needs."""
+
+# Event classes in the order authority_to_str (main/manager.c) prints them.
+_PERM_ORDER: Final = (
+    "system", "call", "log", "verbose", "command", "agent", "user", "config", "dtmf",
+    "reporting", "cdr", "dialplan", "originate", "agi", "cc", "aoc", "test", "security", "message",
+)
+# (action, synopsis, authority) of Asterisk 22's manager actions, as ListCommands
+# prints them. An action is listed when its authority is empty or shares a class
+# with the account's write classes (action_listcommands in main/manager.c).
+_MANAGER_ACTIONS: Final[tuple[tuple[str, str, frozenset[str]], ...]] = tuple(
+    (name, synopsis, frozenset(authority.split(",")) if authority else frozenset())
+    for name, synopsis, authority in (
+        ("Ping", "Keepalive command.", ""),
+        ("Events", "Control Event Flow.", ""),
+        ("Logoff", "Logoff Manager.", ""),
+        ("Login", "Login Manager.", ""),
+        ("Challenge", "Generate Challenge for MD5 Auth.", ""),
+        ("ListCommands", "List available manager commands.", ""),
+        ("WaitEvent", "Wait for an event to occur.", ""),
+        ("Hangup", "Hangup channel.", "system,call"),
+        ("Status", "List channel status.", "system,call,reporting"),
+        ("Setvar", "Sets a channel variable or function value.", "call"),
+        ("Getvar", "Gets a channel variable or function value.", "call,reporting"),
+        ("GetConfig", "Retrieve configuration.", "system,config"),
+        ("GetConfigJSON", "Retrieve configuration (JSON format).", "system,config"),
+        ("UpdateConfig", "Update basic configuration.", "config"),
+        ("CreateConfig", "Creates an empty file in the configuration directory.", "config"),
+        ("ListCategories", "List categories in configuration file.", "config"),
+        ("Redirect", "Redirect (transfer) a call.", "call"),
+        ("Atxfer", "Attended transfer.", "call"),
+        ("BlindTransfer", "Blind transfer channel(s) to the given destination", "call"),
+        ("Originate", "Originate a call.", "originate"),
+        ("Command", "Execute Asterisk CLI Command.", "command"),
+        ("ExtensionState", "Check Extension Status.", "call,reporting"),
+        ("AbsoluteTimeout", "Set absolute timeout.", "system,call"),
+        ("MailboxStatus", "Check mailbox.", "call,reporting"),
+        ("MailboxCount", "Check Mailbox Message Count.", "call,reporting"),
+        ("SendText", "Sends a text message to channel.", "call"),
+        ("UserEvent", "Send an arbitrary event.", "user"),
+        ("CoreSettings", "Show PBX core settings (version etc).", "system,reporting"),
+        ("CoreStatus", "Show PBX core status variables.", "system,reporting"),
+        ("Reload", "Send a reload event.", "system,config"),
+        ("LoggerRotate", "Reload and rotate the Asterisk logger.", "system,reporting"),
+        ("CoreShowChannels", "List currently active channels.", "system,reporting"),
+        ("ModuleLoad", "Module management.", "system"),
+        ("ModuleCheck", "Check if module is loaded.", "system"),
+        ("Filter", "Dynamically add filters for the current manager session.", "system"),
+        ("DeviceStateList", "List the current known device states.", "call,reporting"),
+        ("BridgeList", "Get a list of bridges in the system.", "reporting"),
+        ("QueueStatus", "Show queue status.", ""),
+        ("QueueSummary", "Show queue summary.", ""),
+        ("QueueAdd", "Add interface to queue.", "agent"),
+        ("QueueRemove", "Remove interface from queue.", "agent"),
+        ("QueuePause", "Makes a queue member temporarily unavailable.", "agent"),
+        ("MixMonitor", "Record a call and mix the audio during the recording.", "system"),
+        ("StopMixMonitor", "Stop recording a call through MixMonitor, and free the recording's file handle.",
+         "system,call"),
+        ("PlayDTMF", "Play DTMF signal on a specific channel.", "call"),
+        ("Bridge", "Bridge two channels already in the PBX.", "call"),
+        ("PJSIPShowEndpoints", "Lists PJSIP endpoints.", "system"),
+        ("DBGet", "Get DB Entry.", "system,reporting"),
+        ("DBPut", "Put DB entry.", "system"),
+    )
+)
+
+
+def _priv(authority: frozenset[str]) -> str:
+    """authority_to_str: the classes in Asterisk's order, then "all"; "<none>" for none."""
+    if not authority:
+        return "<none>"
+    return ",".join([p for p in _PERM_ORDER if p in authority] + ["all"])
+
+
+def _text(msg: Mapping[str, str | list[str]], key: str) -> str:
+    value = msg.get(key, "")
+    if isinstance(value, str):
+        return value
+    return value[0] if value else ""
+
+
+def _or_unknown(value: str) -> str:
+    """app_queue's S_COR(..., "unknown") where a snapshot says <unknown>."""
+    return "unknown" if value in ("", "<unknown>") else value
+
+
+def _duration(seconds: float) -> str:
+    """CoreShowChannel's Duration: HH:MM:SS."""
+    total = max(0, int(seconds))
+    return f"{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
+
+
+@dataclass
+class LiveChannel:
+    """One channel of the PBX, as the events sent so far describe it."""
+
+    headers: dict[str, str]
+    """The snapshot headers (``_SNAPSHOT``), latest values."""
+    variables: list[str]
+    """``ChanVariable`` values (manager.conf ``channelvars``)."""
+    created: float
+    """``time.monotonic()`` when its Newchannel was sent (CoreShowChannel's Duration)."""
+    application: str = ""
+    application_data: str = ""
+    bridge: str = ""
+    """BridgeUniqueid of the bridge it is in, "" when in none."""
+
+    @property
+    def uniqueid(self) -> str:
+        return self.headers["Uniqueid"]
+
+    @property
+    def linkedid(self) -> str:
+        return self.headers["Linkedid"]
+
+
+@dataclass
+class ChannelTable:
+    """The channels and queue callers a PBX has, kept from the events it sends.
+
+    ``observe`` every event, in order; ``channels`` (Uniqueid -> channel, in
+    creation order) and ``queues`` (queue -> Uniqueid -> time it joined, in
+    queue order) are what CoreShowChannels and QueueStatus list.
+    """
+
+    clock: Callable[[], float] = time.monotonic
+    channels: dict[str, LiveChannel] = field(default_factory=dict)
+    queues: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def observe(self, msg: Mapping[str, str | list[str]]) -> None:
+        event = _text(msg, "Event")
+        uniqueid = _text(msg, "Uniqueid")
+        if not event or not uniqueid:
+            return
+        if event == "Newchannel":
+            chanvars = msg.get("ChanVariable", [])
+            self.channels[uniqueid] = LiveChannel(
+                headers={key: _text(msg, key) for key in _SNAPSHOT},
+                variables=[chanvars] if isinstance(chanvars, str) else list(chanvars),
+                created=self.clock(),
+            )
+            return
+        if event == "Hangup":
+            self._remove(uniqueid)
+            return
+        for prefix in _SNAPSHOT_PREFIXES:
+            self._update(msg, prefix)
+        channel = self.channels.get(uniqueid)
+        if channel is None:
+            return
+        if event == "Rename":
+            channel.headers["Channel"] = _text(msg, "Newname") or channel.headers["Channel"]
+        elif event == "Newexten":
+            channel.application = _text(msg, "Application")
+            channel.application_data = _text(msg, "AppData")
+        elif event == "DialBegin":
+            dest = self.channels.get(_text(msg, "DestUniqueid"))
+            if dest is not None and not dest.application:
+                # A dialled channel runs no dialplan: Asterisk shows the dialler's stub.
+                dest.application = "AppQueue" if channel.application == "Queue" else "AppDial"
+                dest.application_data = "(Outgoing Line)"
+        elif event == "BridgeEnter":
+            channel.bridge = _text(msg, "BridgeUniqueid")
+        elif event == "BridgeLeave":
+            if channel.bridge == _text(msg, "BridgeUniqueid"):
+                channel.bridge = ""
+        elif event == "QueueCallerJoin":
+            self.queues.setdefault(_text(msg, "Queue"), {})[uniqueid] = self.clock()
+        elif event in ("QueueCallerLeave", "QueueCallerAbandon"):
+            self.queues.get(_text(msg, "Queue"), {}).pop(uniqueid, None)
+
+    def _update(self, msg: Mapping[str, str | list[str]], prefix: str) -> None:
+        channel = self.channels.get(_text(msg, prefix + "Uniqueid"))
+        if channel is None or prefix + "Channel" not in msg:
+            return
+        for key in _SNAPSHOT:
+            value = msg.get(prefix + key)
+            if isinstance(value, str) and key != "Uniqueid":
+                channel.headers[key] = value
+        chanvars = msg.get(prefix + "ChanVariable")
+        if chanvars is not None:
+            channel.variables = [chanvars] if isinstance(chanvars, str) else list(chanvars)
+
+    def _remove(self, uniqueid: str) -> None:
+        self.channels.pop(uniqueid, None)
+        for callers in self.queues.values():
+            callers.pop(uniqueid, None)
+
+    def forget(self, linkedid: str | None = None) -> None:
+        """Drop the channels of one call (``linkedid``), or all: they ended
+        without anybody being told."""
+        gone = [uid for uid, ch in self.channels.items() if linkedid is None or ch.linkedid == linkedid]
+        for uniqueid in gone:
+            self._remove(uniqueid)
+
 
 # The client whose action is being handled, for the default handlers that
 # describe the session (SuccessfulAuth, RequestNotAllowed).
@@ -141,7 +389,8 @@ class _Client:
     ``enqueue`` never blocks: bytes wait in the queue for the session's writer
     task. ``writable`` tells a producer when the queue is back under the
     high-water mark; a session whose writes stall for ``write_timeout`` seconds,
-    or whose queue reaches ``max_queue_bytes``, is dropped.
+    or whose queue reaches ``max_queue_bytes``, is dropped. A ``frozen``
+    session neither reads nor writes, and stays open: a half-open connection.
     """
 
     def __init__(self, server: AmiServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -154,6 +403,9 @@ class _Client:
         self.username = ""
         self.closed = False
         self.closing = False  # Logoff or refused login: close once the answer is written
+        self.frozen = False  # freeze(): nothing read, nothing written, socket left open
+        self.gone = asyncio.Event()  # set once the server has forgotten the session
+        self.task: asyncio.Task[None] | None = None  # the session's _serve task
         self.session_tv = time.time()
         self._queue: deque[bytes] = deque()
         self._queued = 0  # bytes in _queue, not yet handed to the transport
@@ -168,11 +420,11 @@ class _Client:
 
     @property
     def wants_events(self) -> bool:
-        return self.logged_in and self.events_on and not self.closed
+        return self.logged_in and self.events_on and not self.closed and not self.frozen
 
     def enqueue(self, data: bytes) -> None:
         """Queue bytes for the writer task; drop the client if its queue overflows."""
-        if self.closed or self.closing:
+        if self.closed or self.closing or self.frozen:
             return
         if self._queued + len(data) > self.server.max_queue_bytes:
             log.warning(
@@ -193,6 +445,19 @@ class _Client:
         """Close the socket once everything queued so far is written (Logoff, failed login)."""
         self.closing = True
         self._wakeup.set()
+
+    def freeze(self) -> None:
+        """Stop reading and writing without closing the socket: the client's
+        bytes sit unread in the kernel and nothing it sends is answered."""
+        if self.closed or self.frozen:
+            return
+        self.frozen = True
+        self._queue.clear()
+        self._queued = 0
+        self.writable.set()
+        transport = self.writer.transport
+        if isinstance(transport, asyncio.ReadTransport):  # a socket transport is both
+            transport.pause_reading()
 
     def abort(self) -> None:
         """Drop the connection now, discarding anything not yet written."""
@@ -248,6 +513,20 @@ class AmiServer:
     ``username``/``secret`` are the one account it accepts; ``write_allowed=False``
     makes it a read-only account. ``failed_login_delay`` mirrors Asterisk's
     one-second pause before "Authentication failed".
+
+    ``write_perms`` are the account's write classes (manager.conf ``write =``):
+    they decide which actions ``ListCommands`` lists (``write_allowed=False``
+    empties them). Only ``write_allowed`` makes the server refuse actions.
+
+    Fault knobs (constructor parameters, and attributes a test may change while
+    the server runs):
+
+    - ``answer_pings``: False leaves every Ping unanswered, the session open.
+    - ``banner_delay``: seconds before a new connection gets the banner; None
+      never sends it (nor answers anything) until the client hangs up.
+    - ``close_after_banner``: close every new connection right after the banner.
+    - ``uptime``: FullyBooted's Uptime/LastReload after each login, growing
+      with time; set it lower to look like a PBX that restarted.
     """
 
     def __init__(
@@ -262,6 +541,11 @@ class AmiServer:
         max_queue_bytes: int = 8 * 1024 * 1024,
         write_timeout: float = 5.0,
         failed_login_delay: float = 1.0,
+        write_perms: Iterable[str] = DEFAULT_WRITE_PERMS,
+        answer_pings: bool = True,
+        banner_delay: float | None = 0.0,
+        close_after_banner: bool = False,
+        uptime: int = 0,
     ) -> None:
         if "\r" in banner or "\n" in banner:
             raise ValueError("the banner must be one line")
@@ -279,6 +563,17 @@ class AmiServer:
         self.high_water = max(1, min(max_queue_bytes // 2, 1024 * 1024))
         self.write_timeout = write_timeout
         self.failed_login_delay = failed_login_delay
+        self.write_perms: frozenset[str] = frozenset(write_perms) if write_allowed else frozenset()
+        self.answer_pings = answer_pings
+        self.banner_delay = banner_delay
+        self.close_after_banner = close_after_banner
+        self.live = ChannelTable()
+        """The PBX's channels and queue callers, kept from the events sent."""
+        self.connection_times: list[float] = []
+        """``time.monotonic()`` of every TCP connection accepted."""
+        self.logins = 0
+        """Successful logins."""
+        self._raw_codec = AmiCodec(drop_events=frozenset())  # send_raw's bytes, for the table
         self.actions: list[AmiMessage] = []
         """Every action received, from every client, in order."""
         self.originates: list[AmiMessage] = []
@@ -288,6 +583,8 @@ class AmiServer:
             "Logoff": self._handle_logoff,
             "Ping": self._handle_ping,
             "CoreShowChannels": self._handle_core_show_channels,
+            "QueueStatus": self._handle_queue_status,
+            "ListCommands": self._handle_list_commands,
             "Originate": self._handle_originate,
         }
         """Action name (matched case-insensitively) -> handler."""
@@ -295,7 +592,7 @@ class AmiServer:
         self._clients: set[_Client] = set()
         self._handlers: set[asyncio.Task[None]] = set()
         self._event_clients = asyncio.Event()
-        self._started = time.monotonic()
+        self._booted = time.monotonic() - uptime
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -305,7 +602,6 @@ class AmiServer:
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
-        self._started = time.monotonic()
         log.info("AMI server listening on %s:%d", self.host, self.port)
 
     async def close(self) -> None:
@@ -342,8 +638,67 @@ class AmiServer:
 
     @property
     def clients(self) -> int:
-        """Connected clients, logged in or not."""
+        """Connected clients, logged in or not (frozen ones included)."""
         return len(self._clients)
+
+    @property
+    def connections(self) -> int:
+        """TCP connections accepted so far."""
+        return len(self.connection_times)
+
+    @property
+    def uptime(self) -> int:
+        """Seconds since the PBX "booted", as FullyBooted reports them."""
+        return int(time.monotonic() - self._booted)
+
+    @uptime.setter
+    def uptime(self, seconds: int) -> None:
+        self._booted = time.monotonic() - seconds
+
+    def forget_call(self, linkedid: str | None = None) -> None:
+        """Remove a call's channels (all channels when None) from the live
+        table without telling anyone, as if it ended while nobody listened."""
+        self.live.forget(linkedid)
+
+    # -- faults ------------------------------------------------------------
+
+    async def drop_clients(self) -> None:
+        """Abort every client connection now, unsent bytes lost (a network
+        failure, a crashed PBX); keep listening. Returns once their sessions ended."""
+        clients = list(self._clients)
+        for client in clients:
+            client.abort()
+        await self._wait_sessions(clients)
+
+    async def shutdown_event(self, restart: bool = True) -> None:
+        """What Asterisk does on ``core restart``: the Shutdown event (restart
+        capture), every channel gone, every session closed once its event is
+        written. The server keeps listening (as the restarted PBX will)."""
+        await self.send_event(
+            {"Event": "Shutdown", "Privilege": "system,all", "Shutdown": "Cleanly", "Restart": str(restart)}
+        )
+        self.live.forget()
+        clients = list(self._clients)
+        for client in clients:
+            client.close_when_flushed()
+        await self._wait_sessions(clients)
+
+    def freeze(self) -> None:
+        """Existing sessions stop reading and writing but stay open (no FIN):
+        what a client sends is never answered, as over a half-open connection.
+        New connections are served normally."""
+        for client in list(self._clients):
+            client.freeze()
+        self._update_event_clients()
+
+    async def _wait_sessions(self, clients: Sequence[_Client]) -> None:
+        tasks = [c.task for c in clients if c.task is not None and not c.task.done()]
+        if tasks:
+            _done, stuck = await asyncio.wait(tasks, timeout=self.write_timeout + 1.0)
+            for task in stuck:
+                for client in clients:
+                    if client.task is task:
+                        client.abort()
 
     async def wait_for_login(self, timeout: float = 5.0) -> None:
         """Return once a connected client has logged in with events on.
@@ -360,12 +715,22 @@ class AmiServer:
         Returns once no session is above its high-water mark: a reading client
         is never outrun (a scenario played with speed=0 included), a stuck one
         delays the sender at most ``write_timeout`` seconds, then is dropped.
+        The live channel table follows the event even when nobody listens.
         """
-        self._broadcast(encode_message(message), events_only=True)
+        data = encode_message(message)
+        self.live.observe(message)
+        self._broadcast(data, events_only=True)
         await self._backpressure()
 
     async def send_raw(self, data: bytes) -> None:
-        """Send raw bytes (e.g. ``capture_stream``) to every logged-in client."""
+        """Send raw bytes (e.g. ``capture_stream``) to every logged-in client.
+
+        The bytes need not end on a message boundary: the live table parses
+        them as a client would and picks up a cut message with the next call.
+        """
+        self._raw_codec.receive_data(bytes(data))
+        for message in self._raw_codec.messages():
+            self.live.observe(message)
         self._broadcast(bytes(data), events_only=False)
         await self._backpressure()
 
@@ -399,6 +764,7 @@ class AmiServer:
 
     def _forget(self, client: _Client) -> None:
         self._clients.discard(client)
+        client.gone.set()
         self._update_event_clients()
 
     def _update_event_clients(self) -> None:
@@ -415,13 +781,15 @@ class AmiServer:
         if sock is not None:
             # Events are small and latency matters more than packet count.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.connection_times.append(time.monotonic())
         client = _Client(self, reader, writer)
+        client.task = task
         self._clients.add(client)
         writer_task = asyncio.create_task(client.write_loop(), name=f"ami-server-writer {client.remote_address}")
         log.info("AMI client connected from %s", client.remote_address)
         try:
-            client.enqueue(self.banner.encode("utf-8") + b"\r\n")
-            await self._read_loop(client)
+            if await self._greet(client):
+                await self._read_loop(client)
         except (ConnectionError, OSError) as exc:
             log.info("AMI client %s connection error: %s", client.remote_address, exc)
         finally:
@@ -437,14 +805,44 @@ class AmiServer:
                 self._handlers.discard(task)
             log.info("AMI client %s disconnected", client.remote_address)
 
+    async def _greet(self, client: _Client) -> bool:
+        """Send the banner (after ``banner_delay``); False when the session must
+        not go on to read actions."""
+        delay = self.banner_delay
+        if delay is None:
+            # A PBX still starting: the socket is accepted, nothing is ever said
+            # and nothing read is answered, until the client gives up.
+            while not client.closed and await client.reader.read(_READ_SIZE):
+                pass
+            return False
+        if delay > 0:
+            try:
+                await asyncio.wait_for(client.gone.wait(), delay)
+                return False  # dropped while waiting
+            except TimeoutError:
+                pass
+        client.enqueue(self.banner.encode("utf-8") + b"\r\n")
+        if self.close_after_banner:
+            client.close_when_flushed()
+            return False
+        return True
+
     async def _read_loop(self, client: _Client) -> None:
-        while not client.closed and not client.closing:
+        while True:
+            if client.frozen:
+                # Half-open: hold the socket, read nothing, until the server drops it.
+                await client.gone.wait()
+                return
+            if client.closed or client.closing:
+                return
             data = await client.reader.read(_READ_SIZE)
+            if client.frozen:
+                continue  # frozen while this read waited: what it got is never answered
             client.codec.receive_data(data)
             for message in client.codec.messages():
+                if client.closed or client.closing or client.frozen:
+                    break
                 await self._handle(client, message)
-                if client.closed or client.closing:
-                    return
             if not data:
                 return
 
@@ -509,13 +907,14 @@ class AmiServer:
             client.close_when_flushed()
             return
         client.logged_in = True
+        self.logins += 1
         client.username = _header(message, "Username")
         # "Events: off" silences the session; anything else (on, a class list,
         # absent) lets events through.
         client.events_on = _header(message, "Events").lower() != "off"
         log.info("AMI client %s logged in as %s (events %s)", client.remote_address, client.username, client.events_on)
         if client.events_on:
-            uptime = str(int(time.monotonic() - self._started))
+            uptime = str(self.uptime)
             client.enqueue(
                 encode_message(
                     {
@@ -546,21 +945,111 @@ class AmiServer:
         return [{"Response": "Goodbye", "Message": "Thanks for all the fish."}]
 
     def _handle_ping(self, message: AmiMessage) -> list[AmiMessage]:
+        if not self.answer_pings:
+            return []  # no reply at all: the client's ping deadline must notice
         now = time.time()
         return [{"Response": "Success", "Ping": "Pong", "Timestamp": f"{now:.6f}"}]
 
     def _handle_core_show_channels(self, message: AmiMessage) -> list[AmiMessage]:
+        """One CoreShowChannel per live channel, headers as in resync_snapshot."""
         action_id = _header(message, "ActionID")
-        complete: AmiMessage = {"Event": "CoreShowChannelsComplete"}
-        if action_id:
-            complete["ActionID"] = action_id
-        complete.update({"EventList": "Complete", "ListItems": "0"})
-        return [{"Response": "Success", "EventList": "start", "Message": "Channels will follow"}, complete]
+        now = self.live.clock()
+        items: list[AmiMessage] = []
+        for channel in self.live.channels.values():
+            item: AmiMessage = {"Event": "CoreShowChannel"}
+            if action_id:
+                item["ActionID"] = action_id
+            item.update(channel.headers)
+            if channel.variables:
+                item["ChanVariable"] = list(channel.variables)
+            item["Application"] = channel.application
+            item["ApplicationData"] = channel.application_data
+            item["Duration"] = _duration(now - channel.created)
+            item["BridgeId"] = channel.bridge
+            items.append(item)
+        return [
+            {"Response": "Success", "EventList": "start", "Message": "Channels will follow"},
+            *items,
+            self._list_complete("CoreShowChannelsComplete", action_id, len(items)),
+        ]
+
+    def _handle_queue_status(self, message: AmiMessage) -> list[AmiMessage]:
+        """QueueParams per queue seen, then a QueueEntry per waiting caller, with
+        app_queue.c's headers (ActionID last, "unknown" for a missing caller id).
+        Queue members are not modelled."""
+        action_id = _header(message, "ActionID")
+        wanted = _header(message, "Queue")
+        now = self.live.clock()
+        tail: AmiMessage = {"ActionID": action_id} if action_id else {}
+        items: list[AmiMessage] = []
+        for queue, callers in self.live.queues.items():
+            if wanted and queue != wanted:
+                continue
+            waiting = [(self.live.channels[uid], joined) for uid, joined in callers.items() if uid in self.live.channels]
+            items.append(
+                {
+                    "Event": "QueueParams",
+                    "Queue": queue,
+                    "Max": "0",
+                    "Strategy": "linear",
+                    "Calls": str(len(waiting)),
+                    "Holdtime": "0",
+                    "TalkTime": "0",
+                    "Completed": "0",
+                    "Abandoned": "0",
+                    "ServiceLevel": "0",
+                    "ServicelevelPerf": "0.0",
+                    "ServicelevelPerf2": "0.0",
+                    "Weight": "0",
+                    **tail,
+                }
+            )
+            for position, (channel, joined) in enumerate(waiting, 1):
+                h = channel.headers
+                items.append(
+                    {
+                        "Event": "QueueEntry",
+                        "Queue": queue,
+                        "Position": str(position),
+                        "Channel": h["Channel"],
+                        "Uniqueid": h["Uniqueid"],
+                        "CallerIDNum": _or_unknown(h["CallerIDNum"]),
+                        "CallerIDName": _or_unknown(h["CallerIDName"]),
+                        "ConnectedLineNum": _or_unknown(h["ConnectedLineNum"]),
+                        "ConnectedLineName": _or_unknown(h["ConnectedLineName"]),
+                        "Wait": str(max(0, int(now - joined))),
+                        "Priority": "0",
+                        **tail,
+                    }
+                )
+        return [
+            {"Response": "Success", "EventList": "start", "Message": "Queue status will follow"},
+            *items,
+            self._list_complete("QueueStatusComplete", action_id, len(items)),
+        ]
+
+    def _handle_list_commands(self, message: AmiMessage) -> list[AmiMessage]:
+        """Every action the account may use: those needing no class, and those
+        sharing a class with ``write_perms`` (action_listcommands)."""
+        reply: AmiMessage = {"Response": "Success"}
+        for name, synopsis, authority in _MANAGER_ACTIONS:
+            if not authority or authority & self.write_perms:
+                reply[name] = f"{synopsis}  (Priv: {_priv(authority)})"
+        return [reply]
 
     def _handle_originate(self, message: AmiMessage) -> list[AmiMessage]:
         return [{"Response": "Success", "Message": "Originate successfully queued"}]
 
     # -- message helpers ---------------------------------------------------
+
+    @staticmethod
+    def _list_complete(event: str, action_id: str, count: int) -> AmiMessage:
+        """astman_send_list_complete_start: Event, ActionID, EventList, ListItems."""
+        complete: AmiMessage = {"Event": event}
+        if action_id:
+            complete["ActionID"] = action_id
+        complete.update({"EventList": "Complete", "ListItems": str(count)})
+        return complete
 
     @staticmethod
     def _with_action_id(reply: AmiMessage, action_id: str) -> AmiMessage:
