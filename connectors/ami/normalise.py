@@ -130,6 +130,15 @@ class AmiNormaliser:
     """One per PBX link, kept across reconnects: it remembers the PBX's uptime
     (restart detection) and the resync listing in progress."""
 
+    # The events this module reads; the codec drops every other event by its
+    # first line, before decoding it (most of a busy PBX's traffic).
+    HANDLED_EVENTS = frozenset({
+        "Newchannel", "DialBegin", "DialEnd", "Newstate", "BridgeEnter", "BridgeLeave", "HangupRequest",
+        "SoftHangupRequest", "Hangup", "QueueCallerJoin", "QueueCallerLeave", "QueueCallerAbandon",
+        "BlindTransfer", "AttendedTransfer", "MixMonitorStart", "Shutdown", "FullyBooted",
+        "CoreShowChannel", "CoreShowChannelsComplete", "QueueEntry",
+    })
+
     def __init__(
         self,
         classifier: ChannelClassifier | None = None,
@@ -166,6 +175,7 @@ class AmiNormaliser:
             "CoreShowChannelsComplete": self._listing_complete,
             "QueueEntry": self._queue_entry,
         }
+        assert set(self._handlers) == self.HANDLED_EVENTS
 
     def normalise(self, msg: AmiMessage, received_at: float | None = None) -> list[CallEvent]:
         """The core events one AMI message stands for (usually none or one)."""
