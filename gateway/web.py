@@ -44,7 +44,7 @@ SIGNER = web.AppKey("signer", Signer)
 DIRECTORY = web.AppKey("directory", Directory)
 METRICS = web.AppKey("metrics", Metrics)
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
-USER = "user"  # request key of the logged-in user
+USER: web.RequestKey[User | None] = web.RequestKey("user")  # the logged-in user, or None
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -64,7 +64,8 @@ def build_app(
     app[DIRECTORY], app[METRICS], app[CLOCK] = directory, metrics, clock
     app.router.add_get("/", _page("index.html"))
     app.router.add_get("/embed.js", _page("embed.js"))
-    app.router.add_static("/static/", STATIC, follow_symlinks=False)
+    app.router.add_static("/static/", STATIC, follow_symlinks=False, append_version=False)
+    app.on_response_prepare.append(_no_cache_static)
     app.router.add_post("/api/login", login)
     app.router.add_post("/api/logout", logout)
     app.router.add_get("/api/me", me)
@@ -76,6 +77,12 @@ def build_app(
     app.router.add_get("/metrics", metrics_page)
     app.on_shutdown.append(_close_hub)
     return app
+
+
+async def _no_cache_static(request: web.Request, response: web.StreamResponse) -> None:
+    """Pages and their scripts revalidate, so an upgrade never mixes old and new files."""
+    if request.path.startswith("/static/"):
+        response.headers["Cache-Control"] = "no-cache"
 
 
 async def _close_hub(app: web.Application) -> None:
@@ -100,7 +107,7 @@ async def _session_middleware(request: web.Request, handler: Handler) -> web.Str
 
 
 def _require(request: web.Request, roles: Iterable[Role]) -> User:
-    user: User | None = request[USER]
+    user = request[USER]
     if user is None:
         raise _json_error(web.HTTPUnauthorized, "login_required", "log in first")
     if user.role not in set(roles):

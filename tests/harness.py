@@ -76,7 +76,8 @@ class Harness:
         self.directory = Directory(self.users)
         self.signer = Signer(SECRET, self.clock)
         self.hub = Hub(self.directory, self.metrics, clock=self.clock)
-        self.gateway = Gateway(self.store, hub=self.hub, metrics=self.metrics, on_record=self._on_record)
+        self.gateway = Gateway(self.store, hub=self.hub, metrics=self.metrics, region=self.http.default_region,
+                               crm_url_template=self.http.crm_url_template, on_record=self._on_record)
         await self.start_http()
         self.link = AmiLink(LinkSettings("127.0.0.1", self.ami.port, "gateway", "s3cret", backoff_initial=0.05))
         self.normaliser = AmiNormaliser()
