@@ -260,12 +260,18 @@ class Store:
             if self._saves_in_progress == 0:
                 self._no_saves_in_progress.set()
 
-    async def calls_with_number(self, number: str, *, limit: int = 5, exclude: str | None = None) -> list[CallSummary]:
-        """The latest calls from or to ``number``, newest first (the card's history)."""
+    async def calls_with_number(
+        self, numbers: Sequence[str], *, limit: int = 5, exclude: str | None = None
+    ) -> list[CallSummary]:
+        """The latest calls from or to any of ``numbers`` (the ways one number is
+        written: +7916..., 8916...), newest first: the card's history."""
+        if not numbers:
+            return []
+        marks = ", ".join("?" for _ in numbers)
         return await self._summaries(
-            f"{_SELECT_SUMMARY} WHERE (c.caller = ? OR c.dialled = ?) AND c.call_id != ? "
+            f"{_SELECT_SUMMARY} WHERE (c.caller IN ({marks}) OR c.dialled IN ({marks})) AND c.call_id != ? "
             "ORDER BY c.started_at DESC LIMIT ?",
-            (number, number, exclude or "", limit),
+            (*numbers, *numbers, exclude or "", limit),
         )
 
     async def calls_of_agent(self, extensions: Sequence[str], *, limit: int = 20) -> list[CallSummary]:

@@ -76,7 +76,8 @@ class Signer:
 
     def check(self, token: str, purpose: str) -> Claims:
         body, dot, signature = token.partition(".")
-        if not dot or not hmac.compare_digest(signature, self._sign(body)):
+        # Bytes, not str: compare_digest refuses non-ASCII str, and a token is untrusted input.
+        if not dot or not hmac.compare_digest(signature.encode(), self._sign(body).encode()):
             raise TokenError("bad signature")
         try:
             raw = json.loads(_unb64(body))

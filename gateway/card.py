@@ -42,6 +42,24 @@ def phone(raw: str | None, region: str) -> dict[str, Any] | None:
     }
 
 
+def spellings(raw: str, region: str) -> list[str]:
+    """The ways a PBX may write one phone number (E.164, without +, with a
+    national trunk prefix such as Russia's 8), for finding its past calls.
+    Empty for a withheld or unreadable number: those have no history."""
+    try:
+        parsed = phonenumbers.parse(raw, region)
+    except phonenumbers.NumberParseException:
+        return []
+    if not phonenumbers.is_possible_number(parsed):
+        return []
+    e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    national = str(parsed.national_number)
+    forms = {raw, e164, e164[1:], national}
+    if parsed.country_code == 7:
+        forms.add("8" + national)
+    return sorted(forms)
+
+
 def build_card(
     *,
     direction: str,

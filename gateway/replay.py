@@ -21,7 +21,7 @@ def replay_capture(
     classifier: ChannelClassifier | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Iterator[CallRecord]:
-    codec = AmiCodec()
+    codec = AmiCodec(keep_events=AmiNormaliser.HANDLED_EVENTS)
     normaliser = AmiNormaliser(classifier, clock=clock)
     tracker = CallTracker()
 

@@ -16,7 +16,7 @@ from typing import Any
 from connectors.ami.link import AmiLink
 from connectors.ami.normalise import AmiNormaliser
 from crm_bridge.store import Store
-from gateway.card import Card, build_card, with_history
+from gateway.card import Card, build_card, spellings, with_history
 from gateway.effects import AgentAnswered, AgentLegEnded, AgentRingStarted, AgentRingStopped, CallFinished, Effect
 from gateway.events import CallEvent
 from gateway.hub import Hub
@@ -73,8 +73,9 @@ class Gateway:
                               dialled=effect.dialled, region=self.region, crm_url_template=self.crm_url_template)
             pop = hub.ring_started(effect, card)
             customer = effect.dialled if effect.direction == "outbound" else effect.caller
-            if pop is not None and customer:
-                self._spawn(self._history(pop.pop_id, card, customer, effect.call_id), f"history-{pop.pop_id}")
+            numbers = spellings(customer, self.region) if customer else []
+            if pop is not None and numbers:  # a withheld number has no history to show
+                self._spawn(self._history(pop.pop_id, card, numbers, effect.call_id), f"history-{pop.pop_id}")
         elif isinstance(effect, AgentRingStopped):
             hub.ring_stopped(effect)
         elif isinstance(effect, AgentAnswered):
@@ -87,9 +88,9 @@ class Gateway:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _history(self, pop_id: str, card: Card, number: str, call_id: str) -> None:
+    async def _history(self, pop_id: str, card: Card, numbers: list[str], call_id: str) -> None:
         try:
-            calls = await asyncio.wait_for(self.store.calls_with_number(number, exclude=call_id), HISTORY_TIMEOUT)
+            calls = await asyncio.wait_for(self.store.calls_with_number(numbers, exclude=call_id), HISTORY_TIMEOUT)
         except Exception as exc:  # the pop went out already; the card just lacks its history
             log.warning("history for a pop of call %s not loaded: %s", call_id, exc or type(exc).__name__)
             return

@@ -289,6 +289,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             else:
                 hub.send_to(conn, {"type": "error", "code": "unknown_type",
                                    "message": f"unknown frame type {str(frame.get('type'))[:40]!r}"})
+            # Let the sender run between client frames: a burst of pings must not
+            # fill this tab's queue before its answers can go out.
+            await asyncio.sleep(0)
     finally:
         await hub.detach(conn)
     return ws

@@ -134,6 +134,132 @@ def test_drop_filter_also_catches_an_unusual_spelling() -> None:
     assert codec.dropped == 1
 
 
+# --- keep_events ------------------------------------------------------------------
+
+KEEP = frozenset({"Newchannel", "Newstate", "Hangup", "QueueCallerJoin"})
+
+
+def kept(messages: list[AmiMessage], keep: frozenset[str]) -> list[AmiMessage]:
+    """What keep_events lets through: the banner, Responses, Actions, the events named."""
+    return [m for m in messages if next(iter(m)) != "Event" or m["Event"] in keep]
+
+
+@pytest.mark.parametrize("path", AMI_FILES, ids=lambda p: p.stem)
+def test_keep_events_keeps_exactly_the_named_events(path: Path) -> None:
+    everything = expected_in(path.stem)
+    codec = AmiCodec(keep_events=KEEP)
+    got = feed(codec, chunks(capture(path.stem), 4096))
+    assert got == kept(everything, KEEP)
+    assert codec.dropped == len(everything) - len(got)
+    assert codec.skipped == 0
+
+
+@pytest.mark.parametrize("path", AMI_FILES, ids=lambda p: p.stem)
+def test_keep_events_in_random_chunks(path: Path) -> None:
+    data = capture(path.stem)
+    want = kept(expected_in(path.stem), KEEP)
+    rng = random.Random(path.stem)
+    for _ in range(10):
+        pieces: list[bytes] = []
+        i = 0
+        while i < len(data):
+            n = rng.choice((1, 2, 3, 5, rng.randint(1, 600), rng.randint(1, 9000)))
+            pieces.append(data[i : i + n])
+            i += n
+        assert feed(AmiCodec(keep_events=KEEP), pieces) == want
+
+
+def test_keep_events_drops_an_event_outside_it_and_counts_it() -> None:
+    codec = AmiCodec(keep_events=frozenset({"Hangup"}))
+    got = feed(
+        codec,
+        [
+            b"Event: VarSet\r\nVariable: X\r\nValue: 1\r\n\r\n"
+            b"Event: DeviceStateChange\r\nDevice: PJSIP/101\r\nState: INUSE\r\n\r\n"
+            b"Event: Hangup\r\nUniqueid: 1.1\r\n\r\n"
+        ],
+    )
+    assert got == [{"Event": "Hangup", "Uniqueid": "1.1"}]
+    assert (codec.dropped, codec.skipped) == (2, 0)
+
+
+def test_keep_events_always_keeps_responses_and_actions() -> None:
+    codec = AmiCodec(keep_events=frozenset({"Hangup"}))
+    data = (
+        b"Response: Success\r\nActionID: p-1\r\nPing: Pong\r\n\r\n"
+        # A Response that names an event is still the answer to an action.
+        b"Response: Success\r\nActionID: s-1\r\nEvent: VarSet\r\n\r\n"
+        b"Action: Ping\r\nActionID: p-2\r\n\r\n"
+        b"Event: Newexten\r\nActionID: p-3\r\n\r\n"
+    )
+    assert feed(codec, chunks(data, 7)) == [
+        {"Response": "Success", "ActionID": "p-1", "Ping": "Pong"},
+        {"Response": "Success", "ActionID": "s-1", "Event": "VarSet"},
+        {"Action": "Ping", "ActionID": "p-2"},
+    ]
+    assert codec.dropped == 1
+
+
+def test_keep_events_kept_event_parses_whole() -> None:
+    hangup = next(m for m in expected_in("a_answered") if m.get("Event") == "Hangup")
+    assert isinstance(hangup["ChanVariable"], list)  # the repeated header, in order
+    got = feed(AmiCodec(keep_events=frozenset({"Hangup"})), [capture("a_answered")])
+    events = [m for m in got if "Event" in m]
+    assert [m["Event"] for m in events] == ["Hangup"] * 2
+    assert events[0] == hangup
+
+
+def test_keep_events_catches_an_unusual_spelling() -> None:
+    codec = AmiCodec(keep_events=frozenset({"Hangup"}))
+    got = feed(codec, [b"Event:VarSet\r\nValue: x\r\n\r\nEvent:Hangup\r\nCause: 16\r\n\r\n"])
+    assert got == [{"Event": "Hangup", "Cause": "16"}]
+    assert (codec.dropped, codec.skipped) == (1, 0)
+
+
+def test_keep_events_on_an_lf_only_stream() -> None:
+    crlf = capture("a_answered")
+    lf = crlf.replace(b"\r\n", b"\n")
+    want = feed(AmiCodec(keep_events=KEEP), [crlf])
+    assert feed(AmiCodec(keep_events=KEEP), chunks(lf, 5)) == want
+
+
+def test_keep_events_empty_keeps_no_event() -> None:
+    codec = AmiCodec(keep_events=frozenset())
+    got = feed(codec, [capture("register")])
+    assert got == [m for m in expected_in("register") if "Event" not in m]
+    assert codec.dropped == sum(1 for m in expected_in("register") if "Event" in m)
+
+
+def test_many_event_names_are_all_judged_right() -> None:
+    # The codec remembers the verdict for at most 1000 first lines per side; the
+    # filter stays exact for names seen after that.
+    names = [f"E{i}" for i in range(2500)]
+    keep = frozenset(names[::3])
+    data = b"".join(b"Event: %s\r\nN: %d\r\n\r\n" % (n.encode(), i) for i, n in enumerate(names * 2))
+    codec = AmiCodec(keep_events=keep)
+    got = feed(codec, chunks(data, 65536))
+    assert [m["Event"] for m in got] == [n for n in names * 2 if n in keep]
+    assert codec.dropped == 2 * (len(names) - len(keep))
+    codec = AmiCodec(drop_events=frozenset(names[1::2]))
+    got = feed(codec, chunks(data, 65536))
+    assert [m["Event"] for m in got] == names[::2] * 2
+
+
+def test_keep_events_loses_nothing_the_normaliser_reads() -> None:
+    # What the live service does: keep only the events the normaliser handles.
+    from connectors.ami.normalise import AmiNormaliser
+
+    handled = AmiNormaliser.HANDLED_EVENTS
+    for path in AMI_FILES:
+        events = []
+        for codec in (AmiCodec(drop_events=NOTHING_DROPPED), AmiCodec(keep_events=handled)):
+            normaliser = AmiNormaliser()
+            events.append(
+                [e for m in feed(codec, chunks(capture(path.stem), 4096)) for e in normaliser.normalise(m, 0.0)]
+            )
+        assert events[0] == events[1], path.stem
+
+
 def test_repeated_headers_are_lists_in_order() -> None:
     hangup = next(m for m in parse(capture("a_answered")) if m.get("Event") == "Hangup")
     variables = hangup["ChanVariable"]
@@ -281,6 +407,41 @@ def test_mixed_line_endings() -> None:
         codec = AmiCodec()
         assert feed(codec, [data[:k], data[k:]]) == expected, k
         assert codec.skipped == 0
+
+
+def test_crlf_lines_ended_by_lf_blank_lines_only() -> None:
+    # A peer that ends CRLF lines with an LF blank line: its first message says so.
+    data = capture("a_answered").replace(b"\r\n\r\n", b"\r\n\n")
+    assert parse(data, drop_events=NOTHING_DROPPED) == expected_in("a_answered")
+    assert feed(AmiCodec(), chunks(data, 1000)) == feed(AmiCodec(), [capture("a_answered")])
+    small = capture("register").replace(b"\r\n\r\n", b"\r\n\n")
+    for k in range(len(small) + 1):
+        codec = AmiCodec(drop_events=NOTHING_DROPPED)
+        assert feed(codec, [small[:k], small[k:]]) == expected_in("register"), k
+        assert codec.skipped == 0
+
+
+def test_double_lf_inside_a_crlf_value_stays_in_the_value() -> None:
+    # Asterisk ends every line with CRLF, so once the first message (the login
+    # Response) has ended with \r\n\r\n an LF blank line inside a value (a
+    # dialplan variable can hold anything) is content, not the end of the
+    # message, until a first line ends in a bare LF: a VarSet's value cannot
+    # inject a Hangup.
+    login = b"Response: Success\r\nMessage: Authentication accepted\r\n\r\n"
+    data = (
+        login + b"Event: VarSet\r\nVariable: X\r\nValue: a\n\nEvent: Hangup\r\nUniqueid: 6.6\r\n\r\n"
+        b"Event: Newstate\r\nUniqueid: 1.1\r\n\r\n"
+    )
+    for k in range(len(data) + 1):
+        codec = AmiCodec()
+        assert feed(codec, [data[:k], data[k:]])[1:] == [{"Event": "Newstate", "Uniqueid": "1.1"}], k
+        assert (codec.dropped, codec.skipped) == (1, 0)
+    assert parse(data, drop_events=NOTHING_DROPPED)[1] == {
+        "Event": "VarSet",
+        "Variable": "X",
+        "Value": "a\n\nEvent: Hangup",
+        "Uniqueid": "6.6",
+    }
 
 
 def test_value_forms() -> None:

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from connectors.ami.codec import AmiCodec, AmiMessage, encode_action
+from connectors.ami.normalise import AmiNormaliser
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,11 @@ class AmiLink:
         on_login: OnLogin | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        keep_events: frozenset[str] | None = AmiNormaliser.HANDLED_EVENTS,
     ) -> None:
         self.settings = settings
+        # Events nobody reads are dropped by their first line, before decoding.
+        self._keep_events = keep_events
         self.events: asyncio.Queue[tuple[AmiMessage, float]] = asyncio.Queue(settings.queue_size)
         self._on_login = on_login
         self._clock = clock
@@ -147,12 +151,11 @@ class AmiLink:
         """Stop for good: no reconnect is left scheduled, waiting actions fail."""
         self._closing = True
         runner, self._runner = self._runner, None
-        if runner is not None:
+        # Python 3.11's wait_for can swallow a cancel that lands as its future
+        # completes: cancel until the task has really ended.
+        while runner is not None and not runner.done():
             runner.cancel()
-            try:
-                await runner
-            except asyncio.CancelledError:
-                pass
+            await asyncio.wait({runner}, timeout=0.1)
         self._drop_connection("link closed")
 
     async def action(
@@ -202,7 +205,7 @@ class AmiLink:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(s.host, s.port), s.connect_timeout)
         except asyncio.TimeoutError as exc:
             raise AmiConnectError(f"connect to {s.host}:{s.port} timed out after {s.connect_timeout} s") from exc
-        codec = AmiCodec()
+        codec = AmiCodec(keep_events=self._keep_events)
         reader_task: asyncio.Task[None] | None = None
         pinger: asyncio.Task[None] | None = None
         try:
@@ -340,8 +343,9 @@ class AmiLink:
         self._pending[action_id] = (name, future)
         try:
             writer.write(encode_action(name, action_id, headers))
-            response = await asyncio.wait_for(future, timeout or self.settings.action_timeout)
-        except asyncio.TimeoutError as exc:
+            async with asyncio.timeout(timeout or self.settings.action_timeout):
+                response = await future
+        except TimeoutError as exc:
             raise AmiTimeout(f"{name}: no response within {timeout or self.settings.action_timeout} s") from exc
         finally:
             self._pending.pop(action_id, None)
