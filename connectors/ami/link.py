@@ -206,32 +206,53 @@ class AmiLink:
         except asyncio.TimeoutError as exc:
             raise AmiConnectError(f"connect to {s.host}:{s.port} timed out after {s.connect_timeout} s") from exc
         codec = AmiCodec(keep_events=self._keep_events)
-        reader_task: asyncio.Task[None] | None = None
-        pinger: asyncio.Task[None] | None = None
+        tasks: list[asyncio.Task[None]] = []
         try:
             banner = await self._read_banner(reader, codec)
             log.info("AMI connected to %s:%s (%s)", s.host, s.port, banner)
             self._writer = writer
+            # The reader, the pinger and the conversation (login, resync) race:
+            # whichever ends first ends the session, so a socket closed during
+            # the login or a link gone dead during the resync is noticed at once.
             reader_task = asyncio.create_task(self._read_loop(reader, codec), name="ami-reader")
-            await self._login(writer)
-            self.connects += 1
-            self._login_error = None
-            self._connected.set()
-            self._attempted.set()
-            pinger = asyncio.create_task(self._keepalive(writer), name="ami-ping")
-            await self._after_login(writer)
-            if self._on_login is not None:
-                await self._on_login(self)
-            done, _ = await asyncio.wait({reader_task, pinger}, return_when=asyncio.FIRST_COMPLETED)
-            for finished in done:
-                finished.result()  # raises the reason the link died
-            raise AmiConnectError("connection closed by the PBX")
+            conversation = asyncio.create_task(self._converse(writer), name="ami-login")
+            tasks = [reader_task, conversation]
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if conversation.done():
+                conversation.result()  # a rejected login, or a failed action: raises
+            if reader_task.done():
+                reader_task.result()
+                raise AmiConnectError(f"{s.host}:{s.port} closed the connection")
+            raise AmiConnectError("AMI session ended")  # not reached: the conversation never returns
         finally:
-            for task in (pinger, reader_task):
-                if task is not None and not task.done():
-                    task.cancel()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             self._drop_connection("connection to the PBX lost")
             writer.close()
+
+    async def _converse(self, writer: asyncio.StreamWriter) -> None:
+        """Log in, resync, then keep the link alive until it dies (raises)."""
+        await self._login(writer)
+        self.connects += 1
+        self._login_error = None
+        self._connected.set()
+        self._attempted.set()
+        pinger = asyncio.create_task(self._keepalive(writer), name="ami-ping")
+        try:
+            resync = asyncio.create_task(self._after_login(writer), name="ami-resync")
+            await asyncio.wait([pinger, resync], return_when=asyncio.FIRST_COMPLETED)
+            if not resync.done():
+                resync.cancel()
+                await asyncio.gather(resync, return_exceptions=True)
+            else:
+                resync.result()
+            if self._on_login is not None and not pinger.done():
+                await self._on_login(self)
+            await pinger  # raises when two pings go unanswered
+        finally:
+            pinger.cancel()
+            await asyncio.gather(pinger, return_exceptions=True)
 
     async def _read_banner(self, reader: asyncio.StreamReader, codec: AmiCodec) -> str:
         s = self.settings
@@ -266,6 +287,8 @@ class AmiLink:
             raise AmiLoginError(f"user {s.username!r}: {exc.message}") from exc
         except AmiTimeout as exc:
             raise AmiConnectError(f"no answer to Login within {s.login_timeout} s") from exc
+        except AmiLinkLost as exc:
+            raise AmiConnectError(f"{s.host}:{s.port} closed the connection during the login") from exc
 
     async def _after_login(self, writer: asyncio.StreamWriter) -> None:
         """Check our rights, then ask for the PBX's live state (resync)."""
@@ -278,7 +301,7 @@ class AmiLink:
             if self.write_rights:
                 log.warning(
                     "AMI user %r holds write rights it does not need: %s. Remove them from manager.conf "
-                    "(least privilege: read = all, write = originate)",
+                    "(least privilege: read = all, write = originate,reporting)",
                     self.settings.username, ", ".join(sorted(self.write_rights)),
                 )
         for name in RESYNC_ACTIONS:
@@ -326,6 +349,10 @@ class AmiLink:
                 await self._send(writer, "Ping", None, s.ping_timeout)
                 missed = 0
             except AmiTimeout:
+                if self.events.full():
+                    # The answer waits behind our own full event queue: we are
+                    # slow, not the PBX. Do not kill a healthy link for it.
+                    continue
                 missed += 1
                 log.warning("AMI ping unanswered (%d in a row)", missed)
                 if missed >= 2:
@@ -364,11 +391,17 @@ class AmiLink:
 
 
 def _dangerous_rights(commands: AmiMessage) -> frozenset[str]:
-    """Write classes among ``(Priv: ...)`` of the actions ListCommands allows us."""
+    """Dangerous write classes we hold, from the actions ListCommands allows us.
+
+    Asterisk lists an action when the user holds ANY of its classes, so only an
+    action that needs exactly one class ("Command (Priv: command,all)") proves
+    that class is granted.
+    """
     found: set[str] = set()
     for value in commands.values():
         for item in [value] if isinstance(value, str) else value:
             _, marker, privs = item.rpartition("(Priv:")
-            if marker:
-                found.update(p.strip() for p in privs.rstrip(") ").split(","))
+            classes = {p.strip() for p in privs.rstrip(") ").split(",")} - {"all", "<none>", ""}
+            if marker and len(classes) == 1:
+                found |= classes
     return frozenset(found & DANGEROUS_WRITE_CLASSES)

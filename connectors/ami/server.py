@@ -727,6 +727,8 @@ class AmiServer:
 
         The bytes need not end on a message boundary: the live table parses
         them as a client would and picks up a cut message with the next call.
+        Complete a cut message before a client's next action is answered, or
+        the answer lands inside it (Asterisk never splits its own messages).
         """
         self._raw_codec.receive_data(bytes(data))
         for message in self._raw_codec.messages():
