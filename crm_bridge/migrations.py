@@ -88,6 +88,43 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX call_legs_extension ON call_legs (extension, started_at);
         """,
     ),
+    (
+        4,
+        # The number plan's answer for the dialled number, fixed when the call
+        # started (a reload applies to the next call only).
+        """
+        ALTER TABLE calls ADD COLUMN shop TEXT;
+        ALTER TABLE calls ADD COLUMN channel TEXT;
+        """,
+    ),
+    (
+        5,
+        # Contacts and leads, keyed by E.164 phone (several phones per contact).
+        """
+        CREATE TABLE contacts (
+            contact_id INTEGER PRIMARY KEY,
+            name TEXT,
+            company TEXT,
+            vip INTEGER NOT NULL DEFAULT 0,
+            blacklisted INTEGER NOT NULL DEFAULT 0,
+            status TEXT NOT NULL DEFAULT 'lead',
+            manager TEXT,
+            manager_set_by TEXT,
+            source_channel TEXT,
+            first_shop TEXT,
+            first_call_at REAL,
+            last_call_at REAL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE TABLE contact_phones (
+            phone TEXT PRIMARY KEY,
+            contact_id INTEGER NOT NULL REFERENCES contacts (contact_id) ON DELETE CASCADE
+        );
+        CREATE INDEX contact_phones_contact ON contact_phones (contact_id);
+        CREATE INDEX contacts_manager ON contacts (manager);
+        """,
+    ),
 ]
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

@@ -239,14 +239,29 @@ class Store:
 
     async def set_result(self, call_id: str, result: str, note: str | None, set_by: str, at: float) -> None:
         """Record (or replace) the agent's result and note for a call; returns once committed."""
-        if self._closing:
-            raise StoreError(f"{self.path}: the call store is closed; result of {call_id} not saved")
         sql = (
             "INSERT INTO call_results (call_id, result, note, set_by, set_at) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (call_id) DO UPDATE SET result = excluded.result, note = excluded.note, "
             "set_by = excluded.set_by, set_at = excluded.set_at"
         )
-        await self._enqueue(None, ((sql, (call_id, result, note, set_by, at)),))
+        await self.write((sql, (call_id, result, note, set_by, at)))
+
+    async def write(self, *statements: tuple[str, tuple[Any, ...]]) -> None:
+        """Run statements in the writer's next batch (one transaction with the
+        calls around it); returns once committed. The one door for writes, so
+        every module that keeps data in this file shares the batching."""
+        if self._closing:
+            raise StoreError(f"{self.path}: the call store is closed; write not done")
+        await self._enqueue(None, tuple(statements))
+
+    async def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """Rows of one query on the reader connection (a committed snapshot)."""
+        self._check_open()
+        try:
+            async with self._read_lock:
+                return list(await self._reader_db.execute_fetchall(sql, params))
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot read: {exc}") from exc
 
     async def _enqueue(self, record: CallRecord | None, statements: tuple[tuple[str, tuple[Any, ...]], ...]) -> None:
         self._saves_in_progress += 1
@@ -288,13 +303,7 @@ class Store:
         return rows[0] if rows else None
 
     async def _summaries(self, sql: str, params: tuple[Any, ...]) -> list[CallSummary]:
-        self._check_open()
-        try:
-            async with self._read_lock:
-                rows = await self._reader_db.execute_fetchall(sql, params)
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot read calls: {exc}") from exc
-        return [CallSummary(*row) for row in rows]
+        return [CallSummary(*row) for row in await self.read(sql, params)]
 
     async def calls(self, *, since: float | None = None) -> list[CallRecord]:
         """Stored calls with ``started_at >= since`` (all when None), oldest first.
