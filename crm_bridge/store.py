@@ -66,6 +66,8 @@ _CALL_COLUMNS = (
     "interrupted",
     "ended",
     "recording_path",
+    "shop",
+    "channel",
 )
 _LEG_COLUMNS = (
     "call_id",
@@ -499,6 +501,8 @@ def _call_row(r: CallRecord) -> tuple[Any, ...]:
         int(r.interrupted),
         int(r.ended),
         r.recording_path,
+        r.shop,
+        r.channel,
     )
 
 
@@ -537,6 +541,8 @@ def _call_from_row(row: sqlite3.Row, legs: Iterable[LegRecord]) -> CallRecord:
         interrupted=bool(row[16]),
         ended=bool(row[17]),
         recording_path=row[18],
+        shop=row[19],
+        channel=row[20],
         legs=tuple(legs),
     )
 

@@ -15,6 +15,7 @@ from urllib.parse import quote
 import phonenumbers
 
 from crm_bridge.store import CallSummary
+from gateway.numberplan import Line
 from gateway.record import iso
 
 Card = dict[str, Any]
@@ -68,13 +69,15 @@ def build_card(
     dialled: str | None,
     region: str,
     crm_url_template: str | None,
+    line: Line | None = None,
 ) -> Card:
     # On an outbound call that reaches an agent (a transfer), the customer is the dialled side.
     customer_raw = dialled if direction == "outbound" else caller
     customer = phone(customer_raw, region)
     if customer is not None and direction != "outbound":
         customer["name"] = caller_name
-    line = phone(dialled if direction != "outbound" else caller, region)
+    dialled_phone = phone(dialled if direction != "outbound" else caller, region)
+    stand_in = (dialled_phone.get("e164") or dialled) if dialled_phone else (dialled or None)
     crm_url = None
     if crm_url_template and customer is not None:
         key = customer.get("e164") or customer["raw"]
@@ -82,9 +85,12 @@ def build_card(
     return {
         "direction": direction,
         "caller": customer,
-        "dialled": line,
-        "shop": line["e164"] if line and line.get("e164") else (dialled or None),
-        "channel": line["e164"] if line and line.get("e164") else (dialled or None),
+        "dialled": dialled_phone,
+        # Without a number plan the dialled number stands in for shop and channel.
+        "shop": line.shop.name if line else stand_in,
+        "shop_id": line.shop.shop_id if line else None,
+        "channel": line.channel if line else stand_in,
+        "campaign": line.campaign if line else None,
         "contact": None,
         "assigned_manager": None,
         "vip": False,

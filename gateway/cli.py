@@ -27,6 +27,7 @@ from gateway.auth import Signer, hash_password
 from gateway.config import Config, ConfigError, load_config
 from gateway.hub import Hub
 from gateway.metrics import Metrics
+from gateway.numberplan import NumberPlan, PlanBook
 from gateway.record import CallRecord
 from gateway.replay import replay_capture
 from gateway.service import Gateway
@@ -38,7 +39,7 @@ log = logging.getLogger("cti_gateway")
 CSV_FIELDS = (
     "call_id", "direction", "caller", "caller_name", "dialled", "outcome", "answered_by", "rang", "talked",
     "started_at", "answered_at", "ended_at", "ring_seconds", "talk_seconds", "hangup_cause", "reason",
-    "interrupted", "ended", "recording_path",
+    "interrupted", "ended", "recording_path", "shop", "channel",
 )
 
 
@@ -217,14 +218,33 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
     metrics = Metrics()
     directory = Directory(config.users)
     hub = Hub(directory, metrics)
+    plans = PlanBook(config.plan)
     gateway = Gateway(store, hub=hub, metrics=metrics, region=http.default_region,
-                      crm_url_template=http.crm_url_template, on_record=on_record)
+                      crm_url_template=http.crm_url_template, plans=plans, on_record=on_record)
+
+    def reload() -> str:
+        """SIGHUP or the admin API: a new number plan for the next calls; the
+        rest of the config needs a restart."""
+        if config.source is None:
+            return "nothing to reload: no config file"
+        try:
+            fresh = load_config(config.source)
+        except ConfigError as exc:
+            log.error("reload refused, the running config stays: %s", exc)
+            raise
+        plans.replace(fresh.plan, time.time())
+        message = (f"number plan reloaded from {config.source}: {len(fresh.plan.shops)} shops, "
+                   f"{len(fresh.plan.lines)} numbers; applies to calls that start from now")
+        log.info("%s", message)
+        return message
+
     normaliser = AmiNormaliser(
         ChannelClassifier(config.agent_devices()),
         recording_variable=config.ami.recording_variable if config.ami else "RECFILE",
         did_variable=config.ami.did_variable if config.ami else "DID",
     )
-    app = build_app(http=http, store=store, hub=hub, signer=signer, directory=directory, metrics=metrics)
+    app = build_app(http=http, store=store, hub=hub, signer=signer, directory=directory, metrics=metrics,
+                    reload=reload)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, http.host, http.port)
@@ -240,6 +260,14 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, done.set)
+
+    def on_sighup() -> None:
+        try:
+            reload()
+        except ConfigError:
+            pass  # logged; the old plan stays
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     link.start()
     consumer = asyncio.create_task(gateway.consume_ami(link, normaliser), name="ami-consumer")
     log.info("gateway running: AMI %s:%s, HTTP http://%s:%s/, store %s", settings.host, settings.port,
@@ -249,7 +277,7 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
     try:
         await done.wait()
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await link.close()
         consumer.cancel()
@@ -277,7 +305,7 @@ async def _demo(args: argparse.Namespace) -> int:
         pbx = DemoPbx(server, rng=random.Random(args.seed))
         player = asyncio.create_task(pbx.run(interval=args.interval, speed=args.speed), name="demo-pbx")
         config = Config(source=None, ami=None, http=HttpConfig(host=args.host, port=args.port),
-                        store=StoreConfig(path=store_path), users=users)
+                        store=StoreConfig(path=store_path), users=users, plan=demo_plan())
         settings = LinkSettings(host="127.0.0.1", port=server.port, username="gateway", secret="demo-secret")
 
         def started(port: int) -> None:
@@ -290,6 +318,17 @@ async def _demo(args: argparse.Namespace) -> int:
         finally:
             player.cancel()
             await asyncio.gather(player, return_exceptions=True)
+
+
+def demo_plan() -> NumberPlan:
+    """The reference plan of the captures and the demo PBX."""
+    from gateway.numberplan import Line, Shop
+
+    a = Shop("A", "Магазин A", caller_id="+74950000001", supervisor="olga")
+    b = Shop("B", "Shop B", caller_id="+74950000002", supervisor="olga")
+    lines = [Line("+74950000001", a, "direct"), Line("+74950000002", b, "direct"),
+             Line("+74950000003", a, "yandex"), Line("+74950000004", b, "avito")]
+    return NumberPlan(shops={"A": a, "B": b}, lines={line.number: line for line in lines}, default_shop="A")
 
 
 def demo_users() -> tuple[User, ...]:

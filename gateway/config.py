@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import os
 import tomllib
+from datetime import date, time
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gateway.auth import is_password_hash
+from gateway.numberplan import WEEKDAYS, Line, NumberPlan, Shop
 from gateway.users import Role, User
 
 
@@ -79,6 +82,7 @@ class Config:
     store: StoreConfig
     agents: tuple[AgentConfig, ...] = ()
     users: tuple[User, ...] = ()
+    plan: NumberPlan = NumberPlan()
 
     def agent_devices(self) -> dict[str, str]:
         """Device name -> extension, for the AMI channel classifier."""
@@ -95,7 +99,7 @@ class _Reader:
     def _fail(self, key: str, expected: str, got: Any) -> ConfigError:
         return ConfigError(f"{self.where}: [{self.name}] {key}: expected {expected}, got {got!r}")
 
-    def get(self, key: str, kind: type, default: Any, expected: str) -> Any:
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any, expected: str) -> Any:
         self.used.add(key)
         if key not in self.table:
             return default
@@ -148,7 +152,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
 def parse_config(data: Mapping[str, Any], *, source: Path | None, environ: Mapping[str, str]) -> Config:
     where = str(source) if source else "<config>"
     base = source.parent if source else Path.cwd()
-    known = {"ami", "http", "store", "agents", "users"}
+    known = {"ami", "http", "store", "agents", "users", "shops", "numbers", "plan"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{where}: [{key}]: unknown section (known: {', '.join(sorted(known))})")
@@ -203,7 +207,111 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None, environ: Mappi
 
     agents = _agents(data.get("agents", []), where)
     users = _users(data.get("users", []), where)
-    return Config(source=source, ami=ami, http=http, store=store, agents=agents, users=users)
+    plan = _plan(data, where, {u.login for u in users}, http.default_region)
+    return Config(source=source, ami=ami, http=http, store=store, agents=agents, users=users, plan=plan)
+
+
+def _table_list(data: Mapping[str, Any], key: str, where: str) -> list[_Reader]:
+    items = data.get(key, [])
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise ConfigError(f"{where}: [[{key}]]: expected an array of tables, got {items!r}")
+    return [_Reader(where, item, f"{key} #{n + 1}") for n, item in enumerate(items)]
+
+
+def _e164(r: _Reader, key: str, region: str) -> str:
+    import phonenumbers
+
+    raw = r.text(key, required=True)
+    try:
+        parsed = phonenumbers.parse(raw, region)
+    except phonenumbers.NumberParseException:
+        raise r._fail(key, "a phone number, best in E.164 like \"+74950000001\"", raw) from None
+    if not phonenumbers.is_possible_number(parsed):
+        raise r._fail(key, "a possible phone number in E.164 like \"+74950000001\"", raw)
+    return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+
+
+def _window(r: _Reader, key: str, text: str) -> tuple[time, time] | None:
+    if text.strip().lower() in ("", "closed"):
+        return None
+    try:
+        start, end = (t.strip() for t in text.split("-"))
+        opens = time.fromisoformat(start)
+        closes = time(0) if end == "24:00" else time.fromisoformat(end)
+    except ValueError:
+        raise r._fail(key, 'hours like "09:00-21:00" or "closed"', text) from None
+    if closes == time(0):
+        closes = time(23, 59, 59, 999999)  # "09:00-24:00" or "-00:00": until midnight
+    if not opens < closes:
+        raise r._fail(key, "an opening time before the closing time", text)
+    return (opens, closes)
+
+
+def _plan(data: Mapping[str, Any], where: str, logins: set[str], region: str) -> NumberPlan:
+    shops: dict[str, Shop] = {}
+    for r in _table_list(data, "shops", where):
+        shop_id = r.text("id", required=True)
+        if shop_id in shops:
+            raise r._fail("id", "a shop id not used by another shop", shop_id)
+        zone = r.text("timezone", "Europe/Moscow")
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise r._fail("timezone", 'an IANA time zone like "Europe/Moscow"', zone) from None
+        hours_raw = r.get("hours", (str, dict), "00:00-24:00", 'hours like "09:00-21:00" or a table per weekday')
+        hours: tuple[tuple[time, time] | None, ...]
+        if isinstance(hours_raw, str):
+            hours = (_window(r, "hours", hours_raw),) * 7
+        else:
+            unknown = set(hours_raw) - set(WEEKDAYS)
+            if unknown:
+                raise r._fail("hours", f"weekday keys {', '.join(WEEKDAYS)}", sorted(unknown)[0])
+            hours = tuple(_window(r, f"hours.{day}", str(hours_raw.get(day, "closed"))) for day in WEEKDAYS)
+        holidays = []
+        for day in r.get("holidays", list, [], "a list of dates like \"2027-01-01\""):
+            try:
+                holidays.append(day if isinstance(day, date) else date.fromisoformat(str(day)))
+            except ValueError:
+                raise r._fail("holidays", 'dates like "2027-01-01"', day) from None
+        supervisor = r.get("supervisor", str, None, "a user's login")
+        if supervisor is not None and supervisor not in logins:
+            raise r._fail("supervisor", "the login of a user in [[users]]", supervisor)
+        shops[shop_id] = Shop(
+            shop_id=shop_id,
+            name=r.text("name", shop_id),
+            caller_id=_e164(r, "caller_id", region) if "caller_id" in r.table else None,
+            timezone=zone,
+            hours=hours,
+            holidays=frozenset(holidays),
+            supervisor=supervisor,
+        )
+        r.check_unknown()
+    lines: dict[str, Line] = {}
+    for r in _table_list(data, "numbers", where):
+        number = _e164(r, "number", region)
+        if number in lines:
+            raise r._fail("number", "a number not listed twice", number)
+        shop_id = r.text("shop", required=True)
+        if shop_id not in shops:
+            raise r._fail("shop", f"the id of a shop in [[shops]] ({', '.join(shops) or 'none defined'})", shop_id)
+        fee = r.get("monthly_fee", float, 0.0, "a number >= 0")
+        if fee < 0:
+            raise r._fail("monthly_fee", "a number >= 0", fee)
+        lines[number] = Line(number, shops[shop_id], r.text("channel", required=True),
+                             r.get("campaign", str, None, "a campaign name"), fee)
+        r.check_unknown()
+    raw_plan = data.get("plan", {})
+    if not isinstance(raw_plan, dict):
+        raise ConfigError(f"{where}: [plan]: expected a table, got {raw_plan!r}")
+    r = _Reader(where, raw_plan, "plan")
+    default_shop = r.get("default_shop", str, None, "the id of a shop in [[shops]]")
+    if default_shop is not None and default_shop not in shops:
+        raise r._fail("default_shop", f"the id of a shop in [[shops]] ({', '.join(shops) or 'none defined'})",
+                      default_shop)
+    plan = NumberPlan(shops=shops, lines=lines, default_shop=default_shop,
+                      default_channel=r.text("default_channel", "unknown"))
+    r.check_unknown()
+    return plan
 
 
 def _strings(r: _Reader, key: str, default: tuple[str, ...], expected: str) -> list[str]:

@@ -20,6 +20,7 @@ class AgentRingStarted:
     caller: str | None
     caller_name: str | None
     dialled: str | None
+    call_started_at: float = 0.0  # picks the number plan the call started under
 
 
 @dataclass(frozen=True, slots=True)

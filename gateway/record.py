@@ -46,6 +46,8 @@ class CallRecord:
     ended: bool
     recording_path: str | None = None
     legs: tuple[LegRecord, ...] = field(default=())
+    shop: str | None = None  # the number plan's shop id for the dialled number, at the call's start
+    channel: str | None = None  # ...and its ad channel
 
     def to_json(self) -> dict[str, Any]:
         """The shape of ``replay`` and ``calls`` output (legs left out)."""
@@ -69,6 +71,8 @@ class CallRecord:
             "interrupted": self.interrupted,
             "ended": self.ended,
             "recording_path": self.recording_path,
+            "shop": self.shop,
+            "channel": self.channel,
         }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -21,6 +22,7 @@ from gateway.effects import AgentAnswered, AgentLegEnded, AgentRingStarted, Agen
 from gateway.events import CallEvent
 from gateway.hub import Hub
 from gateway.metrics import Metrics
+from gateway.numberplan import NumberPlan, PlanBook
 from gateway.record import CallRecord
 from gateway.tracker import CallTracker
 
@@ -43,9 +45,11 @@ class Gateway:
         metrics: Metrics | None = None,
         region: str = "RU",
         crm_url_template: str | None = None,
+        plans: PlanBook | None = None,
         on_record: RecordListener | None = None,
     ) -> None:
         self.store = store
+        self.plans = plans or PlanBook(NumberPlan())
         self.hub = hub
         self.metrics = metrics or (hub.metrics if hub else Metrics())
         self.tracker = CallTracker()
@@ -62,15 +66,19 @@ class Gateway:
     def _carry_out(self, effect: Effect) -> None:
         hub = self.hub
         if isinstance(effect, CallFinished):
-            self.metrics.calls_finished.labels(effect.record.outcome).inc()
-            self._spawn(self._save(effect.record), f"save-{effect.record.call_id}")
+            record = self._with_line(effect.record)
+            self.metrics.calls_finished.labels(record.outcome).inc()
+            self._spawn(self._save(record), f"save-{record.call_id}")
             if hub is not None:
                 hub.call_finished(effect.record.call_id)
         elif hub is None:
             return
         elif isinstance(effect, AgentRingStarted):
+            plan = self.plans.at(effect.call_started_at)
+            line = plan.line(effect.dialled) if effect.direction == "inbound" else None
             card = build_card(direction=effect.direction, caller=effect.caller, caller_name=effect.caller_name,
-                              dialled=effect.dialled, region=self.region, crm_url_template=self.crm_url_template)
+                              dialled=effect.dialled, region=self.region, crm_url_template=self.crm_url_template,
+                              line=line)
             pop = hub.ring_started(effect, card)
             customer = effect.dialled if effect.direction == "outbound" else effect.caller
             numbers = spellings(customer, self.region) if customer else []
@@ -82,6 +90,17 @@ class Gateway:
             hub.answered(effect)
         elif isinstance(effect, AgentLegEnded):
             hub.leg_ended(effect)
+
+    def _with_line(self, record: CallRecord) -> CallRecord:
+        """The record with the shop and channel of its dialled number, by the
+        plan in force when the call started (inbound calls; outbound ones get
+        theirs from click-to-call)."""
+        if record.direction != "inbound":
+            return record
+        line = self.plans.at(record.started_at).line(record.dialled)
+        if line is None:
+            return record
+        return replace(record, shop=line.shop.shop_id, channel=line.channel)
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(work, name=name)

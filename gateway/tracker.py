@@ -240,6 +240,7 @@ class CallTracker:
                 caller,
                 origin.name if origin else None,
                 self._dialled(call, origin, direction),
+                call.started_at,
             )
         ]
 

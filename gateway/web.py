@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from crm_bridge.store import CallSummary, Store, StoreError
 from gateway.auth import Signer, TokenError, verify_password
-from gateway.config import HttpConfig
+from gateway.config import ConfigError, HttpConfig
 from gateway.hub import CLOSE_AUTH, CLOSE_BAD_FRAME, Hub
 from gateway.metrics import Metrics
 from gateway.record import iso
@@ -44,6 +44,7 @@ SIGNER = web.AppKey("signer", Signer)
 DIRECTORY = web.AppKey("directory", Directory)
 METRICS = web.AppKey("metrics", Metrics)
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
+RELOAD: web.AppKey[Callable[[], str]] = web.AppKey("reload")
 USER: web.RequestKey[User | None] = web.RequestKey("user")  # the logged-in user, or None
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -58,10 +59,12 @@ def build_app(
     directory: Directory,
     metrics: Metrics,
     clock: Callable[[], float] = time.time,
+    reload: Callable[[], str] | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[_session_middleware], client_max_size=256 * 1024)
     app[HTTP], app[STORE], app[HUB], app[SIGNER] = http, store, hub, signer
     app[DIRECTORY], app[METRICS], app[CLOCK] = directory, metrics, clock
+    app[RELOAD] = reload or (lambda: "nothing to reload: no config file")
     app.router.add_get("/", _page("index.html"))
     app.router.add_get("/embed.js", _page("embed.js"))
     app.router.add_static("/static/", STATIC, follow_symlinks=False, append_version=False)
@@ -73,6 +76,7 @@ def build_app(
     app.router.add_get("/api/agents", agents)
     app.router.add_get("/api/calls/recent", recent_calls)
     app.router.add_post("/api/calls/{call_id}/result", set_result)
+    app.router.add_post("/api/admin/reload", reload_config)
     app.router.add_get("/ws", websocket)
     app.router.add_get("/metrics", metrics_page)
     app.on_shutdown.append(_close_hub)
@@ -246,6 +250,16 @@ async def set_result(request: web.Request) -> web.StreamResponse:
         log.error("result of call %s not saved: %s", call_id, exc)
         raise _json_error(web.HTTPServiceUnavailable, "store_unavailable", "could not save, try again") from None
     return web.json_response({"call_id": call_id, "result": result, "note": note or None})
+
+
+async def reload_config(request: web.Request) -> web.StreamResponse:
+    """Admin: re-read the number plan (as SIGHUP does); calls in progress keep theirs."""
+    _require(request, [Role.ADMIN])
+    try:
+        message = request.app[RELOAD]()
+    except ConfigError as exc:
+        raise _json_error(web.HTTPUnprocessableEntity, "bad_config", str(exc)) from None
+    return web.json_response({"ok": True, "message": message})
 
 
 async def metrics_page(request: web.Request) -> web.StreamResponse:

@@ -25,6 +25,7 @@ from gateway.auth import Signer, hash_password
 from gateway.config import HttpConfig
 from gateway.hub import Hub
 from gateway.metrics import Metrics
+from gateway.numberplan import PlanBook
 from gateway.record import CallRecord
 from gateway.service import Gateway
 from gateway.users import Directory, Role, User
@@ -57,7 +58,9 @@ def default_users() -> tuple[User, ...]:
 
 class Harness:
     def __init__(self, tmp_path: Path, *, users: tuple[User, ...] | None = None,
-                 http: HttpConfig | None = None, clock: Callable[[], float] = time.time) -> None:
+                 http: HttpConfig | None = None, clock: Callable[[], float] = time.time,
+                 plans: PlanBook | None = None) -> None:
+        self.plans = plans
         self.tmp_path = tmp_path
         self.users = users if users is not None else default_users()
         self.http = http or HttpConfig(host="127.0.0.1", port=0, allowed_origins=("http://crm.example.com",))
@@ -77,7 +80,8 @@ class Harness:
         self.signer = Signer(SECRET, self.clock)
         self.hub = Hub(self.directory, self.metrics, clock=self.clock)
         self.gateway = Gateway(self.store, hub=self.hub, metrics=self.metrics, region=self.http.default_region,
-                               crm_url_template=self.http.crm_url_template, on_record=self._on_record)
+                               crm_url_template=self.http.crm_url_template, plans=self.plans,
+                               on_record=self._on_record)
         await self.start_http()
         self.link = AmiLink(LinkSettings("127.0.0.1", self.ami.port, "gateway", "s3cret", backoff_initial=0.05))
         self.normaliser = AmiNormaliser()

@@ -666,8 +666,10 @@ async def test_the_card_of_a_russian_number(h: Harness) -> None:
         "caller": {"e164": "+79161110042", "display": "+7 916 111-00-42", "raw": "89161110042",
                    "name": "Иван Петров"},
         "dialled": {"e164": "+74950000002", "display": "+7 495 000-00-02", "raw": "+74950000002"},
-        "shop": "+74950000002",  # the DID stands in for shop and channel until the number plan exists
+        "shop": "+74950000002",  # the DID stands in for shop and channel without a number plan
+        "shop_id": None,
         "channel": "+74950000002",
+        "campaign": None,
         "contact": None,
         "assigned_manager": None,
         "vip": False,
