@@ -20,11 +20,14 @@ from pathlib import Path
 from connectors.ami.capture import CaptureError
 from connectors.ami.link import AmiLink, LinkSettings
 from connectors.ami.normalise import AmiNormaliser, ChannelClassifier
+from crm_bridge.contacts import Contacts
 from crm_bridge.store import Store, StoreError
 from aiohttp import web
 
 from gateway.auth import Signer, hash_password
 from gateway.config import Config, ConfigError, load_config
+from gateway.contacts_api import CONTACTS
+from gateway.contacts_api import add_routes as add_contact_routes
 from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.numberplan import NumberPlan, PlanBook
@@ -219,8 +222,11 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
     directory = Directory(config.users)
     hub = Hub(directory, metrics)
     plans = PlanBook(config.plan)
+    contacts = Contacts(store, region=http.default_region,
+                        is_login=lambda login: directory.by_login(login) is not None)
     gateway = Gateway(store, hub=hub, metrics=metrics, region=http.default_region,
-                      crm_url_template=http.crm_url_template, plans=plans, on_record=on_record)
+                      crm_url_template=http.crm_url_template, plans=plans, contacts=contacts,
+                      on_record=on_record)
 
     def reload() -> str:
         """SIGHUP or the admin API: a new number plan for the next calls; the
@@ -245,6 +251,8 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
     )
     app = build_app(http=http, store=store, hub=hub, signer=signer, directory=directory, metrics=metrics,
                     reload=reload)
+    app[CONTACTS] = contacts
+    add_contact_routes(app)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, http.host, http.port)

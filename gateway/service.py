@@ -16,6 +16,7 @@ from typing import Any
 
 from connectors.ami.link import AmiLink
 from connectors.ami.normalise import AmiNormaliser
+from crm_bridge.contacts import Contacts
 from crm_bridge.store import Store
 from gateway.card import Card, build_card, spellings, with_history
 from gateway.effects import AgentAnswered, AgentLegEnded, AgentRingStarted, AgentRingStopped, CallFinished, Effect
@@ -25,6 +26,7 @@ from gateway.metrics import Metrics
 from gateway.numberplan import NumberPlan, PlanBook
 from gateway.record import CallRecord
 from gateway.tracker import CallTracker
+from gateway.users import Directory
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +48,13 @@ class Gateway:
         region: str = "RU",
         crm_url_template: str | None = None,
         plans: PlanBook | None = None,
+        contacts: Contacts | None = None,
+        directory: Directory | None = None,
         on_record: RecordListener | None = None,
     ) -> None:
         self.store = store
+        self.contacts = contacts
+        self.directory = directory or (hub.directory if hub else Directory())
         self.plans = plans or PlanBook(NumberPlan())
         self.hub = hub
         self.metrics = metrics or (hub.metrics if hub else Metrics())
@@ -91,6 +97,10 @@ class Gateway:
         elif isinstance(effect, AgentLegEnded):
             hub.leg_ended(effect)
 
+    def _login_of(self, extension: str) -> str | None:
+        user = self.directory.by_extension(extension)
+        return user.login if user else None
+
     def _with_line(self, record: CallRecord) -> CallRecord:
         """The record with the shop and channel of its dialled number, by the
         plan in force when the call started (inbound calls; outbound ones get
@@ -122,6 +132,12 @@ class Gateway:
         except Exception:
             log.exception("call %s could not be stored", record.call_id)
             return
+        if self.contacts is not None:
+            try:
+                await self.contacts.on_call_finished(record, shop=record.shop, channel=record.channel,
+                                                     manager_of=self._login_of)
+            except Exception:
+                log.exception("contact of call %s not updated", record.call_id)
         if self._on_record is not None:
             self._on_record(record)
 

@@ -137,6 +137,16 @@ class CallTracker:
             return []
         return handler(self, event)
 
+    def busy_extensions(self) -> set[str]:
+        """Agents on a call now: talking, or placing a call of their own."""
+        return {
+            leg.extension
+            for call in self._calls.values()
+            for leg in call.legs.values()
+            if leg.extension is not None and leg.ended_at is None
+            and (leg.answered_at is not None or leg.leg_id == call.origin)
+        }
+
     def snapshot(self, at: float) -> list[CallRecord]:
         """Records of the calls still open (``ended`` false), oldest first."""
         calls = sorted(self._calls.values(), key=lambda c: (c.started_at, c.call_id))

@@ -20,7 +20,10 @@ from aiohttp import web
 from connectors.ami.link import AmiLink, LinkSettings
 from connectors.ami.normalise import AmiNormaliser
 from connectors.ami.server import AmiServer
+from crm_bridge.contacts import Contacts
 from crm_bridge.store import Store
+from gateway.contacts_api import CONTACTS
+from gateway.contacts_api import add_routes as add_contact_routes
 from gateway.auth import Signer, hash_password
 from gateway.config import HttpConfig
 from gateway.hub import Hub
@@ -79,9 +82,11 @@ class Harness:
         self.directory = Directory(self.users)
         self.signer = Signer(SECRET, self.clock)
         self.hub = Hub(self.directory, self.metrics, clock=self.clock)
+        self.contacts = Contacts(self.store, region=self.http.default_region,
+                                 is_login=lambda login: self.directory.by_login(login) is not None)
         self.gateway = Gateway(self.store, hub=self.hub, metrics=self.metrics, region=self.http.default_region,
                                crm_url_template=self.http.crm_url_template, plans=self.plans,
-                               on_record=self._on_record)
+                               contacts=self.contacts, on_record=self._on_record)
         await self.start_http()
         self.link = AmiLink(LinkSettings("127.0.0.1", self.ami.port, "gateway", "s3cret", backoff_initial=0.05))
         self.normaliser = AmiNormaliser()
@@ -94,6 +99,8 @@ class Harness:
     async def start_http(self) -> None:
         app = build_app(http=self.http, store=self.store, hub=self.hub, signer=self.signer,
                         directory=self.directory, metrics=self.metrics, clock=self.clock)
+        app[CONTACTS] = self.contacts
+        add_contact_routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)

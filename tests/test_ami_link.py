@@ -337,7 +337,7 @@ async def test_a_server_that_closes_after_the_banner_is_retried_with_backoff(mak
     started = loop.time()
     await until(lambda: rig.link.last_error is not None, 5.0, "the first failure")
     # Seen as a closed connection at once, not as a Login that timed out.
-    assert loop.time() - started < 1.0
+    assert loop.time() - started < 2.5  # well before the 3 s login timeout, even on a loaded machine
     assert "closed" in (rig.link.last_error or "").lower(), rig.link.last_error
 
     await until(lambda: rig.server.connections >= 3, 3.0, "retries")
@@ -346,7 +346,7 @@ async def test_a_server_that_closes_after_the_banner_is_retried_with_backoff(mak
     within_a_second = [t for t in times if t - times[0] <= 1.0]
     # Backoff 0.05 s doubling (jitter 0.5-1.5x, capped at 0.4 s) allows at most
     # 8 attempts in the first second; a retry loop without backoff makes hundreds.
-    assert 3 <= len(within_a_second) <= 8, len(within_a_second)
+    assert 2 <= len(within_a_second) <= 8, len(within_a_second)
     assert rig.link.connects == 0
 
 
