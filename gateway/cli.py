@@ -18,9 +18,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from connectors.ami.capture import CaptureError
+from connectors.ami.fastagi import AgiRequest, Decide, FastAgiServer
 from connectors.ami.link import AmiLink, LinkSettings
 from connectors.ami.normalise import AmiNormaliser, ChannelClassifier
-from crm_bridge.contacts import Contacts
+from crm_bridge.contacts import Contacts, e164
 from crm_bridge.store import Store, StoreError
 from aiohttp import web
 
@@ -31,6 +32,8 @@ from gateway.contacts_api import add_routes as add_contact_routes
 from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.numberplan import NumberPlan, PlanBook
+from gateway.presence import Presence
+from gateway.routing import Router
 from gateway.record import CallRecord
 from gateway.replay import replay_capture
 from gateway.service import Gateway
@@ -224,9 +227,24 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
     plans = PlanBook(config.plan)
     contacts = Contacts(store, region=http.default_region,
                         is_login=lambda login: directory.by_login(login) is not None)
+    routing = config.routing
+    gateway_ref: list[Gateway] = []
+    presence = Presence(
+        connected=lambda login: login in hub.online(),
+        busy_extensions=lambda: gateway_ref[0].tracker.busy_extensions(),
+        extensions_of=lambda login: u.extensions if (u := directory.by_login(login)) else (),
+        clock=time.time,
+        wrap_up_seconds=routing.wrap_up_seconds,
+    )
     gateway = Gateway(store, hub=hub, metrics=metrics, region=http.default_region,
                       crm_url_template=http.crm_url_template, plans=plans, contacts=contacts,
-                      on_record=on_record)
+                      presence=presence, on_record=on_record)
+    gateway_ref.append(gateway)
+    router = Router(
+        contacts=contacts, plans=plans, directory=directory, presence=presence, clock=time.time,
+        normalise=lambda raw: e164(raw, http.default_region), dial_string=lambda ext: routing.dial_string.replace("{extension}", ext),
+        sticky_days=routing.sticky_days, vip_fallback=routing.vip_fallback,
+    )
 
     def reload() -> str:
         """SIGHUP or the admin API: a new number plan for the next calls; the
@@ -250,7 +268,7 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
         did_variable=config.ami.did_variable if config.ami else "DID",
     )
     app = build_app(http=http, store=store, hub=hub, signer=signer, directory=directory, metrics=metrics,
-                    reload=reload)
+                    reload=reload, presence=presence)
     app[CONTACTS] = contacts
     add_contact_routes(app)
     runner = web.AppRunner(app, access_log=None)
@@ -264,6 +282,19 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
         print(f"cti-gateway: cannot listen on {http.host}:{http.port}: {exc.strerror}", file=sys.stderr)
         return 1
     port = int(runner.addresses[0][1]) if runner.addresses else http.port
+    agi: FastAgiServer | None = None
+    if routing.fastagi:
+        agi = FastAgiServer(agi_decider(router), host=routing.host, port=routing.port,
+                            deadline=routing.deadline_ms / 1000)
+        try:
+            await agi.start()
+        except OSError as exc:
+            await runner.cleanup()
+            await store.close()
+            print(f"cti-gateway: cannot listen for FastAGI on {routing.host}:{routing.port}: {exc.strerror}",
+                  file=sys.stderr)
+            return 1
+        log.info("FastAGI routing on %s:%s (deadline %d ms)", routing.host, agi.port, routing.deadline_ms)
     link = AmiLink(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -288,12 +319,25 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await link.close()
+        if agi is not None:
+            await agi.close()
         consumer.cancel()
         await asyncio.gather(consumer, return_exceptions=True)
         await gateway.drain()
         await runner.cleanup()
         await store.close()
     return 0
+
+
+def agi_decider(router: Router) -> Decide:
+    """Asterisk's ``AGI(agi://HOST:PORT/route,${DID},${CALLERID(num)})`` -> the routing decision."""
+
+    async def decide(request: AgiRequest) -> dict[str, str]:
+        dialled = request.args[0] if request.args else None
+        caller = request.args[1] if len(request.args) > 1 and request.args[1] else request.caller
+        return (await router.decide(caller, dialled)).variables()
+
+    return decide
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

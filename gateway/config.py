@@ -63,6 +63,18 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class RoutingConfig:
+    fastagi: bool = False  # serve FastAGI for Asterisk's AGI(agi://...) routing
+    host: str = "127.0.0.1"
+    port: int = 4573
+    deadline_ms: int = 300  # answer within this, or set nothing (the dialplan falls back)
+    sticky_days: float = 90.0  # callers seen within this go to their assigned manager
+    vip_fallback: str | None = None  # ROUTE_FALLBACK for VIP callers: a queue name or a dial string
+    wrap_up_seconds: float = 0.0  # after a call, an agent gets no routed calls for this long
+    dial_string: str = "PJSIP/{extension}"
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     path: Path = Path("var/cti-gateway.sqlite3")
 
@@ -83,6 +95,7 @@ class Config:
     agents: tuple[AgentConfig, ...] = ()
     users: tuple[User, ...] = ()
     plan: NumberPlan = NumberPlan()
+    routing: RoutingConfig = RoutingConfig()
 
     def agent_devices(self) -> dict[str, str]:
         """Device name -> extension, for the AMI channel classifier."""
@@ -152,7 +165,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
 def parse_config(data: Mapping[str, Any], *, source: Path | None, environ: Mapping[str, str]) -> Config:
     where = str(source) if source else "<config>"
     base = source.parent if source else Path.cwd()
-    known = {"ami", "http", "store", "agents", "users", "shops", "numbers", "plan"}
+    known = {"ami", "http", "store", "agents", "users", "shops", "numbers", "plan", "routing"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{where}: [{key}]: unknown section (known: {', '.join(sorted(known))})")
@@ -208,7 +221,29 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None, environ: Mappi
     agents = _agents(data.get("agents", []), where)
     users = _users(data.get("users", []), where)
     plan = _plan(data, where, {u.login for u in users}, http.default_region)
-    return Config(source=source, ami=ami, http=http, store=store, agents=agents, users=users, plan=plan)
+    r = table("routing")
+    dial_string = r.text("dial_string", "PJSIP/{extension}")
+    if "{extension}" not in dial_string:
+        raise r._fail("dial_string", 'a dial string containing {extension}, like "PJSIP/{extension}"', dial_string)
+    deadline = r.get("deadline_ms", int, 300, "milliseconds between 10 and 5000")
+    if not 10 <= deadline <= 5000:
+        raise r._fail("deadline_ms", "milliseconds between 10 and 5000", deadline)
+    wrap_up = r.get("wrap_up_seconds", float, 0.0, "seconds >= 0")
+    if wrap_up < 0:
+        raise r._fail("wrap_up_seconds", "seconds >= 0", wrap_up)
+    routing = RoutingConfig(
+        fastagi=r.get("fastagi", bool, False, "true or false"),
+        host=r.text("host", "127.0.0.1"),
+        port=r.port("port", 4573),
+        deadline_ms=deadline,
+        sticky_days=r.seconds("sticky_days", 90.0),
+        vip_fallback=r.get("vip_fallback", str, None, "a queue name or a dial string"),
+        wrap_up_seconds=wrap_up,
+        dial_string=dial_string,
+    )
+    r.check_unknown()
+    return Config(source=source, ami=ami, http=http, store=store, agents=agents, users=users, plan=plan,
+                  routing=routing)
 
 
 def _table_list(data: Mapping[str, Any], key: str, where: str) -> list[_Reader]:

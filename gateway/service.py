@@ -24,6 +24,7 @@ from gateway.events import CallEvent
 from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.numberplan import NumberPlan, PlanBook
+from gateway.presence import Presence
 from gateway.record import CallRecord
 from gateway.tracker import CallTracker
 from gateway.users import Directory
@@ -50,9 +51,11 @@ class Gateway:
         plans: PlanBook | None = None,
         contacts: Contacts | None = None,
         directory: Directory | None = None,
+        presence: Presence | None = None,
         on_record: RecordListener | None = None,
     ) -> None:
         self.store = store
+        self.presence = presence
         self.contacts = contacts
         self.directory = directory or (hub.directory if hub else Directory())
         self.plans = plans or PlanBook(NumberPlan())
@@ -96,6 +99,9 @@ class Gateway:
             hub.answered(effect)
         elif isinstance(effect, AgentLegEnded):
             hub.leg_ended(effect)
+            login = self._login_of(effect.extension)
+            if self.presence is not None and login is not None:
+                self.presence.call_ended_for(login)  # after-call wrap-up
 
     def _login_of(self, extension: str) -> str | None:
         user = self.directory.by_extension(extension)

@@ -26,6 +26,7 @@ from gateway.config import ConfigError, HttpConfig
 from gateway.hub import CLOSE_AUTH, CLOSE_BAD_FRAME, Hub
 from gateway.metrics import Metrics
 from gateway.record import iso
+from gateway.presence import STATUSES, Presence
 from gateway.users import Directory, Role, User
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ DIRECTORY = web.AppKey("directory", Directory)
 METRICS = web.AppKey("metrics", Metrics)
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 RELOAD: web.AppKey[Callable[[], str]] = web.AppKey("reload")
+PRESENCE = web.AppKey("presence", Presence)
 USER: web.RequestKey[User | None] = web.RequestKey("user")  # the logged-in user, or None
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -60,11 +62,16 @@ def build_app(
     metrics: Metrics,
     clock: Callable[[], float] = time.time,
     reload: Callable[[], str] | None = None,
+    presence: Presence | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[_session_middleware], client_max_size=256 * 1024)
     app[HTTP], app[STORE], app[HUB], app[SIGNER] = http, store, hub, signer
     app[DIRECTORY], app[METRICS], app[CLOCK] = directory, metrics, clock
     app[RELOAD] = reload or (lambda: "nothing to reload: no config file")
+    if presence is not None:
+        app[PRESENCE] = presence
+        app.router.add_get("/api/me/status", my_status)
+        app.router.add_put("/api/me/status", set_my_status)
     app.router.add_get("/", _page("index.html"))
     app.router.add_get("/embed.js", _page("embed.js"))
     app.router.add_static("/static/", STATIC, follow_symlinks=False, append_version=False)
@@ -250,6 +257,26 @@ async def set_result(request: web.Request) -> web.StreamResponse:
         log.error("result of call %s not saved: %s", call_id, exc)
         raise _json_error(web.HTTPServiceUnavailable, "store_unavailable", "could not save, try again") from None
     return web.json_response({"call_id": call_id, "result": result, "note": note or None})
+
+
+async def my_status(request: web.Request) -> web.StreamResponse:
+    user = _require(request, [Role.AGENT])
+    return web.json_response(request.app[PRESENCE].state(user.login).public())
+
+
+async def set_my_status(request: web.Request) -> web.StreamResponse:
+    """The agent's pause / do-not-disturb; ``{"wrap_up": "end"}`` ends his wrap-up early."""
+    user = _require(request, [Role.AGENT])
+    body = await _json_body(request)
+    presence = request.app[PRESENCE]
+    status = body.get("status")
+    if status is not None:
+        if status not in STATUSES:
+            raise _json_error(web.HTTPBadRequest, "bad_status", f"status must be one of {', '.join(STATUSES)}")
+        presence.set_status(user.login, str(status))
+    if body.get("wrap_up") == "end":
+        presence.end_wrap_up(user.login)
+    return web.json_response(presence.state(user.login).public())
 
 
 async def reload_config(request: web.Request) -> web.StreamResponse:
