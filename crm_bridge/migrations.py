@@ -125,6 +125,31 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX contacts_manager ON contacts (manager);
         """,
     ),
+    (
+        6,
+        # Click-to-call requests, one per (agent, client request id): a retry
+        # with the same id finds its row and never dials twice, also after a
+        # restart. The row is written before the Originate is sent.
+        # status: pending (being placed, or the gateway stopped before the PBX
+        # answered), placed, failed (error_code and error say why).
+        """
+        CREATE TABLE click_to_call (
+            request_id TEXT NOT NULL,
+            login      TEXT NOT NULL,
+            call_id    TEXT NOT NULL,
+            number     TEXT NOT NULL,   -- E.164
+            shop       TEXT,
+            caller_id  TEXT,            -- what the customer is shown: the shop's number
+            status     TEXT NOT NULL,
+            error_code TEXT,
+            error      TEXT,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (login, request_id)
+        );
+        -- The call record finds its request (and shop) by the call id.
+        CREATE UNIQUE INDEX click_to_call_call_id ON click_to_call (call_id);
+        """,
+    ),
 ]
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

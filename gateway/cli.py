@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from connectors.ami.capture import CaptureError
+from connectors.ami.dialer import AmiDialer
 from connectors.ami.fastagi import AgiRequest, Decide, FastAgiServer
 from connectors.ami.link import AmiLink, LinkSettings
 from connectors.ami.normalise import AmiNormaliser, ChannelClassifier
@@ -26,6 +27,7 @@ from crm_bridge.store import Store, StoreError
 from aiohttp import web
 
 from gateway.auth import Signer, hash_password
+from gateway.click_to_call import ClickToCall
 from gateway.config import Config, ConfigError, load_config
 from gateway.contacts_api import CONTACTS
 from gateway.contacts_api import add_routes as add_contact_routes
@@ -236,9 +238,13 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
         clock=time.time,
         wrap_up_seconds=routing.wrap_up_seconds,
     )
+    link = AmiLink(settings)
+    # Click-to-call: one Originate per request, through the dialplan's [click-to-call].
+    click_to_call = ClickToCall(store, AmiDialer(link, dial_string=routing.dial_string), plans, directory, time.time,
+                                region=http.default_region, contacts=contacts)
     gateway = Gateway(store, hub=hub, metrics=metrics, region=http.default_region,
                       crm_url_template=http.crm_url_template, plans=plans, contacts=contacts,
-                      presence=presence, on_record=on_record)
+                      presence=presence, click_to_call=click_to_call, on_record=on_record)
     gateway_ref.append(gateway)
     router = Router(
         contacts=contacts, plans=plans, directory=directory, presence=presence, clock=time.time,
@@ -268,7 +274,7 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
         did_variable=config.ami.did_variable if config.ami else "DID",
     )
     app = build_app(http=http, store=store, hub=hub, signer=signer, directory=directory, metrics=metrics,
-                    reload=reload, presence=presence)
+                    reload=reload, presence=presence, click_to_call=click_to_call)
     app[CONTACTS] = contacts
     add_contact_routes(app)
     runner = web.AppRunner(app, access_log=None)
@@ -295,7 +301,6 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
                   file=sys.stderr)
             return 1
         log.info("FastAGI routing on %s:%s (deadline %d ms)", routing.host, agi.port, routing.deadline_ms)
-    link = AmiLink(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, done.set)
@@ -319,6 +324,7 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await link.close()
+        await click_to_call.drain()  # a call being placed gets its final status stored
         if agi is not None:
             await agi.close()
         consumer.cancel()

@@ -19,6 +19,8 @@ from connectors.ami.normalise import AmiNormaliser
 from crm_bridge.contacts import Contacts
 from crm_bridge.store import Store
 from gateway.card import Card, build_card, spellings, with_history
+from gateway.click_to_call import CHANNEL as CLICK_TO_CALL_CHANNEL
+from gateway.click_to_call import CallRequest, ClickToCall
 from gateway.effects import AgentAnswered, AgentLegEnded, AgentRingStarted, AgentRingStopped, CallFinished, Effect
 from gateway.events import CallEvent
 from gateway.hub import Hub
@@ -52,9 +54,11 @@ class Gateway:
         contacts: Contacts | None = None,
         directory: Directory | None = None,
         presence: Presence | None = None,
+        click_to_call: ClickToCall | None = None,
         on_record: RecordListener | None = None,
     ) -> None:
         self.store = store
+        self.click_to_call = click_to_call
         self.presence = presence
         self.contacts = contacts
         self.directory = directory or (hub.directory if hub else Directory())
@@ -109,8 +113,12 @@ class Gateway:
 
     def _with_line(self, record: CallRecord) -> CallRecord:
         """The record with the shop and channel of its dialled number, by the
-        plan in force when the call started (inbound calls; outbound ones get
-        theirs from click-to-call)."""
+        plan in force when the call started (inbound calls); an outbound call
+        placed by click-to-call gets its request's shop (from memory here; a
+        request from before a restart is looked up in ``_save``)."""
+        if record.direction == "outbound":
+            known = self.click_to_call.known_call(record.call_id) if self.click_to_call else None
+            return _with_request(record, known)
         if record.direction != "inbound":
             return record
         line = self.plans.at(record.started_at).line(record.dialled)
@@ -133,6 +141,11 @@ class Gateway:
             self.hub.card_updated(pop_id, with_history(card, calls))
 
     async def _save(self, record: CallRecord) -> None:
+        if record.direction == "outbound" and record.channel is None and self.click_to_call is not None:
+            try:
+                record = _with_request(record, await self.click_to_call.find_call(record.call_id))
+            except Exception as exc:  # stored without its shop rather than not at all
+                log.warning("click-to-call request of call %s not read: %s", record.call_id, exc)
         try:
             await self.store.save_call(record)
         except Exception:
@@ -162,3 +175,9 @@ class Gateway:
             self.metrics.ami_events.inc()
             for event in normaliser.normalise(message, received_at):
                 self.apply(event)
+
+
+def _with_request(record: CallRecord, request: CallRequest | None) -> CallRecord:
+    if request is None:
+        return record
+    return replace(record, shop=request.shop, channel=CLICK_TO_CALL_CHANNEL)

@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from crm_bridge.store import CallSummary, Store, StoreError
 from gateway.auth import Signer, TokenError, verify_password
+from gateway.click_to_call import MAX_REQUEST_ID, ClickToCall, ClickToCallError
 from gateway.config import ConfigError, HttpConfig
 from gateway.hub import CLOSE_AUTH, CLOSE_BAD_FRAME, Hub
 from gateway.metrics import Metrics
@@ -47,6 +48,7 @@ METRICS = web.AppKey("metrics", Metrics)
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 RELOAD: web.AppKey[Callable[[], str]] = web.AppKey("reload")
 PRESENCE = web.AppKey("presence", Presence)
+CLICK_TO_CALL = web.AppKey("click_to_call", ClickToCall)
 USER: web.RequestKey[User | None] = web.RequestKey("user")  # the logged-in user, or None
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -63,6 +65,7 @@ def build_app(
     clock: Callable[[], float] = time.time,
     reload: Callable[[], str] | None = None,
     presence: Presence | None = None,
+    click_to_call: ClickToCall | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[_session_middleware], client_max_size=256 * 1024)
     app[HTTP], app[STORE], app[HUB], app[SIGNER] = http, store, hub, signer
@@ -72,6 +75,9 @@ def build_app(
         app[PRESENCE] = presence
         app.router.add_get("/api/me/status", my_status)
         app.router.add_put("/api/me/status", set_my_status)
+    if click_to_call is not None:
+        app[CLICK_TO_CALL] = click_to_call
+        app.router.add_post("/api/calls", place_call)
     app.router.add_get("/", _page("index.html"))
     app.router.add_get("/embed.js", _page("embed.js"))
     app.router.add_static("/static/", STATIC, follow_symlinks=False, append_version=False)
@@ -277,6 +283,39 @@ async def set_my_status(request: web.Request) -> web.StreamResponse:
     if body.get("wrap_up") == "end":
         presence.end_wrap_up(user.login)
     return web.json_response(presence.state(user.login).public())
+
+
+# What each click-to-call failure answers (gateway.click_to_call.ClickToCallError codes).
+_CALL_ERROR_STATUS: dict[str, type[web.HTTPException]] = {
+    "bad_number": web.HTTPBadRequest,
+    "bad_shop": web.HTTPBadRequest,
+    "bad_request_id": web.HTTPBadRequest,
+    "no_extension": web.HTTPBadRequest,
+    "originate_failed": web.HTTPBadGateway,  # the PBX refused: its message
+    "pbx_unavailable": web.HTTPServiceUnavailable,  # not connected: nothing was sent
+    "store_unavailable": web.HTTPServiceUnavailable,  # nothing was sent
+    "originate_uncertain": web.HTTPGatewayTimeout,  # sent, not confirmed: it may still ring
+}
+
+
+async def place_call(request: web.Request) -> web.StreamResponse:
+    """Click-to-call: ``{"number", "shop"?, "request_id"}``; 201 for a new
+    request, 200 (same body) for a repeated request id, which never dials again."""
+    user = _require(request, [Role.AGENT])
+    body = await _json_body(request)
+    number, shop, request_id = body.get("number"), body.get("shop"), body.get("request_id")
+    if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_REQUEST_ID:
+        raise _json_error(web.HTTPBadRequest, "bad_request_id",
+                          f"request_id is required: a string of at most {MAX_REQUEST_ID} characters")
+    if not isinstance(number, str):
+        raise _json_error(web.HTTPBadRequest, "bad_number", "number is required: the customer's phone number")
+    if shop is not None and not isinstance(shop, str):
+        raise _json_error(web.HTTPBadRequest, "bad_shop", "shop must be a shop id from the number plan")
+    try:
+        placed = await request.app[CLICK_TO_CALL].call(user, number, shop_id=shop, request_id=request_id)
+    except ClickToCallError as exc:
+        raise _json_error(_CALL_ERROR_STATUS.get(exc.code, web.HTTPBadGateway), exc.code, exc.message) from None
+    return web.json_response(placed.public(), status=200 if placed.repeated else 201)
 
 
 async def reload_config(request: web.Request) -> web.StreamResponse:

@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from connectors.ami.dialer import AmiDialer
 from connectors.ami.link import AmiLink, LinkSettings
 from connectors.ami.normalise import AmiNormaliser
 from connectors.ami.server import AmiServer
@@ -25,10 +26,12 @@ from crm_bridge.store import Store
 from gateway.contacts_api import CONTACTS
 from gateway.contacts_api import add_routes as add_contact_routes
 from gateway.auth import Signer, hash_password
+from gateway.click_to_call import ClickToCall
 from gateway.config import HttpConfig
 from gateway.hub import Hub
 from gateway.metrics import Metrics
-from gateway.numberplan import PlanBook
+from gateway.numberplan import NumberPlan, PlanBook
+from gateway.presence import Presence
 from gateway.record import CallRecord
 from gateway.service import Gateway
 from gateway.users import Directory, Role, User
@@ -84,11 +87,21 @@ class Harness:
         self.hub = Hub(self.directory, self.metrics, clock=self.clock)
         self.contacts = Contacts(self.store, region=self.http.default_region,
                                  is_login=lambda login: self.directory.by_login(login) is not None)
-        self.gateway = Gateway(self.store, hub=self.hub, metrics=self.metrics, region=self.http.default_region,
-                               crm_url_template=self.http.crm_url_template, plans=self.plans,
-                               contacts=self.contacts, on_record=self._on_record)
-        await self.start_http()
+        self.presence = Presence(
+            connected=lambda login: login in self.hub.online(),
+            busy_extensions=lambda: self.gateway.tracker.busy_extensions(),
+            extensions_of=lambda login: u.extensions if (u := self.directory.by_login(login)) else (),
+            clock=self.clock,
+        )
         self.link = AmiLink(LinkSettings("127.0.0.1", self.ami.port, "gateway", "s3cret", backoff_initial=0.05))
+        plans = self.plans or PlanBook(NumberPlan())
+        self.click_to_call = ClickToCall(self.store, AmiDialer(self.link), plans, self.directory, self.clock,
+                                         region=self.http.default_region, contacts=self.contacts)
+        self.gateway = Gateway(self.store, hub=self.hub, metrics=self.metrics, region=self.http.default_region,
+                               crm_url_template=self.http.crm_url_template, plans=plans,
+                               contacts=self.contacts, presence=self.presence, click_to_call=self.click_to_call,
+                               on_record=self._on_record)
+        await self.start_http()
         self.normaliser = AmiNormaliser()
         self.link.start()
         self._consumer = asyncio.create_task(self.gateway.consume_ami(self.link, self.normaliser))
@@ -98,7 +111,8 @@ class Harness:
 
     async def start_http(self) -> None:
         app = build_app(http=self.http, store=self.store, hub=self.hub, signer=self.signer,
-                        directory=self.directory, metrics=self.metrics, clock=self.clock)
+                        directory=self.directory, metrics=self.metrics, clock=self.clock,
+                        presence=self.presence, click_to_call=self.click_to_call)
         app[CONTACTS] = self.contacts
         add_contact_routes(app)
         self._runner = web.AppRunner(app, access_log=None)
@@ -139,6 +153,7 @@ class Harness:
 
     async def close(self) -> None:
         await self.link.close()
+        await self.click_to_call.drain()
         if self._consumer is not None:
             self._consumer.cancel()
             await asyncio.gather(self._consumer, return_exceptions=True)

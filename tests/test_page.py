@@ -24,7 +24,9 @@ from playwright.async_api import Browser, Locator, Page, async_playwright, expec
 
 from connectors.ami.scenarios import CallFactory, Scenario
 from gateway.config import HttpConfig
+from gateway.numberplan import PlanBook
 from tests.harness import PASSWORD, Harness
+from tests.test_numberplan import example_plan
 
 REPO = Path(__file__).resolve().parents[1]
 STATIC = REPO / "gateway" / "static"
@@ -176,6 +178,56 @@ async def test_answered_call_result_and_note_saved_and_listed(tmp_path: Path, br
         await page.screenshot(path=str(ARTIFACTS / "operator-page.png"), full_page=True)
         for part in rest:
             await send(h, part)
+
+
+async def test_call_back_from_recent_calls_and_the_status_switch(tmp_path: Path, browser: Browser) -> None:
+    async with Harness(tmp_path, plans=PlanBook(example_plan())) as h, new_page(browser, "en-US") as page:
+        call = CallFactory().direct_answered("89161110007", "Иван", "+74950000002", "101")  # shop B
+        await h.ami.play(call, speed=0)
+        await h.wait_records(1)
+        await log_in(page, h)
+        row = page.locator(f'[data-testid="recent-call"][data-call-id="{call_id_of(call)}"]')
+        button, status = row.get_by_test_id("recent-callback"), row.get_by_test_id("recent-callback-status")
+        await expect(button).to_have_text("Call back")
+        answer = h.ami.action_handlers["Originate"]
+
+        # The PBX takes the Originate and never confirms it: the button waits, then says so.
+        h.ami.action_handlers["Originate"] = lambda action: []
+        await button.click()
+        await expect(button).to_be_disabled()
+        await expect(status).to_have_text("Calling…")
+        await h.ami.drop_clients()
+        await expect(status).to_have_text("The PBX did not confirm the call; your phone may still ring.")
+        await expect(button).to_be_enabled()
+        await h.link.wait_connected(15)
+
+        # The PBX refuses: its reason reaches the agent.
+        h.ami.action_handlers["Originate"] = lambda action: [
+            {"Response": "Error", "Message": "Extension does not exist."}]
+        await button.click()
+        await expect(status).to_have_text("The PBX refused the call: Extension does not exist.")
+
+        h.ami.action_handlers["Originate"] = answer
+        await button.click()
+        await expect(status).to_have_text("Your phone will ring now")
+        assert len(h.ami.originates) == 3
+        for originate in h.ami.originates:
+            assert (originate["Channel"], originate["Exten"], originate["Variable"][0]) == (
+                "PJSIP/101", "+79161110007", "OUTCID=+74950000002")  # anna's phone, then the customer, as shop B
+        assert len({o["Variable"][1] for o in h.ami.originates}) == 3  # a fresh request id per click
+
+        # The status switch: do-not-disturb, then available again.
+        dnd, available = page.get_by_test_id("status-dnd"), page.get_by_test_id("status-available")
+        await expect(available).to_have_attribute("aria-pressed", "true")
+        await dnd.click()
+        await expect(dnd).to_have_attribute("aria-pressed", "true")
+        await expect(available).to_have_attribute("aria-pressed", "false")
+        assert h.presence.state("anna").status == "dnd"
+        await available.click()
+        await expect(available).to_have_attribute("aria-pressed", "true")
+        assert h.presence.state("anna").status == "available"
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "operator-page-call-back.png"), full_page=True)
 
 
 async def test_page_reconnects_after_a_server_restart(tmp_path: Path, browser: Browser) -> None:

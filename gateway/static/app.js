@@ -1,4 +1,5 @@
-/* The operator page: login, caller cards over the websocket, results, recent calls.
+/* The operator page: login, caller cards over the websocket, results, recent calls,
+   call-backs (POST /api/calls) and the agent's own status (PUT /api/me/status).
 
    Plain browser JavaScript, no build step. The protocol is docs/websocket-protocol.md;
    in short: GET /api/token (session cookie), open /ws, send {"type":"auth"} first,
@@ -27,6 +28,10 @@
   const WITHDRAWN_SHOWN_MS = 1500;  // a withdrawn card shows its reason this long
   const SAVED_SHOWN_MS = 1500;      // an ended card closes this long after its result is saved
   const GONE_REMEMBERED = 500;
+  const CALLBACK_ATTEMPTS = 3;      // a call-back re-sent (same request id) only when the network lost the answer
+  const CALLBACK_RETRY_MS = 1000;
+  const CALLBACK_SHOWN_MS = 5000;   // "your phone will ring" shows this long
+  const CALLBACK_ERROR_SHOWN_MS = 20000;
 
   // -- state --------------------------------------------------------------------
 
@@ -57,6 +62,10 @@
     sound: true,
     audio: null,
     cardSeq: 0,
+    callbacks: new Map(), // "pop:<pop id>" / "recent:<call id>" -> {state: pending|placed|error, reply}
+    presence: null,       // the last /api/me/status answer; null: not offered by this gateway
+    skew: 0,              // server clock minus ours, ms (from "ready"), for the wrap-up countdown
+    wrapTimer: 0,
   };
 
   const $ = (id) => document.getElementById(id);
@@ -125,6 +134,7 @@
     applyI18n(document);
     renderUser();
     renderConn();
+    renderStatus();
     for (const entry of S.pops.values()) {
       renderResultOptions(entry);
       renderCard(entry);
@@ -293,8 +303,9 @@
     S.attempt = 0;
     connect();
     refreshRecent();
+    refreshStatus();
     clearInterval(S.recentTimer);
-    S.recentTimer = setInterval(refreshRecent, RECENT_EVERY_MS);
+    S.recentTimer = setInterval(() => { refreshRecent(); refreshStatus(); }, RECENT_EVERY_MS);
   }
 
   /** Forget everything of the session: socket, timers, cards. */
@@ -307,6 +318,11 @@
     clearInterval(S.recentTimer);
     clearTimeout(S.recentAgainTimer);
     clearTimeout(S.resyncTimer);
+    clearInterval(S.wrapTimer);
+    S.wrapTimer = 0;
+    S.presence = null;
+    S.callbacks.clear();
+    renderStatus();
     for (const entry of S.pops.values()) {
       clearTimeout(entry.removeTimer);
       closeNotification(entry);
@@ -442,7 +458,9 @@
     try { frame = JSON.parse(data); } catch (_) { return; }
     if (!frame || typeof frame !== 'object') return;
     switch (frame.type) {
-      case 'ready':
+      case 'ready': {
+        const serverTime = parseTime(frame.server_time);
+        if (serverTime) S.skew = serverTime.getTime() - Date.now();
         S.attempt = 0;
         S.everConnected = true;
         setConn('connected');
@@ -450,7 +468,9 @@
         S.resyncSeen = new Set();
         clearTimeout(S.resyncTimer);
         S.resyncTimer = setTimeout(settleAfterResync, RESYNC_MS);
+        refreshStatus(); // "connected" is part of it
         break;
+      }
       case 'pop':
       case 'update':
         if (typeof frame.pop_id === 'string') showPop(frame);
@@ -571,9 +591,17 @@
     form.addEventListener('submit', (ev) => { ev.preventDefault(); saveResult(entry); });
     const close = el('button', { type: 'button', class: 'close', 'data-testid': 'pop-close', 'data-i18n': 'card.close' });
     close.addEventListener('click', () => removeCard(entry));
+    const callback = el('button', { type: 'button', class: 'callback', 'data-testid': 'pop-callback' });
+    const callbackStatus = el('span', { class: 'callback-status', role: 'status', 'data-testid': 'pop-callback-status' });
+    callback.addEventListener('click', () => {
+      const card = entry.frame.card || {};
+      const number = customerNumber(card);
+      if (number) callBack(`pop:${entry.id}`, number, card.shop_id || null, () => renderCallback(entry));
+    });
+    const tools = el('div', { class: 'card-tools' }, callback, callbackStatus);
     entry.el = el('article', { class: 'card', 'data-testid': 'pop-card', 'data-pop-id': frame.pop_id,
-      'data-call-id': frame.call_id }, body, form, close);
-    entry.parts = { body, select, note, save, status, form, close, titleId };
+      'data-call-id': frame.call_id }, body, tools, form, close);
+    entry.parts = { body, select, note, save, status, form, close, titleId, callback, callbackStatus, tools };
     renderResultOptions(entry);
     applyI18n(entry.el);
     return entry;
@@ -666,6 +694,7 @@
     p.body.replaceChildren(...[head, caller, facts, history, crmLink, reason].filter(Boolean));
     p.close.hidden = state !== 'ended';
     p.form.hidden = Boolean(entry.withdrawn);
+    renderCallback(entry);
     entry.el.setAttribute('aria-label', t('card.label', { caller: callerNumber(card) }));
   }
 
@@ -789,6 +818,7 @@
   function refreshRecentSoon() {
     clearTimeout(S.recentAgainTimer);
     refreshRecent();
+    refreshStatus(); // the agent's part of a call ended: his wrap-up may have started
     S.recentAgainTimer = setTimeout(refreshRecent, RECENT_AGAIN_MS);
   }
 
@@ -800,6 +830,16 @@
       const number = c.direction === 'outbound' ? c.dialled : c.caller;
       const talk = typeof c.talk_seconds === 'number' && c.talk_seconds > 0
         ? t('recent.seconds', { seconds: Math.round(c.talk_seconds) }) : '';
+      const actions = el('td', { class: 'actions' });
+      if (c.direction !== 'internal' && isCustomerNumber(number)) {
+        const key = `recent:${c.call_id}`;
+        const button = el('button', { type: 'button', class: 'callback', 'data-testid': 'recent-callback' });
+        const status = el('span', { class: 'callback-status', role: 'status', 'data-testid': 'recent-callback-status' });
+        const paint = () => paintCallback(button, status, S.callbacks.get(key), number);
+        button.addEventListener('click', () => callBack(key, number, null, paint));
+        paint();
+        actions.append(button, status);
+      }
       return el('tr', { 'data-testid': 'recent-call', 'data-call-id': c.call_id },
         el('td', {}, el('time', { datetime: c.started_at || '', 'data-testid': 'recent-time', text: formatDateTime(c.started_at) })),
         el('td', { text: label('direction', c.direction) }),
@@ -808,7 +848,8 @@
         el('td', { text: c.answered_by || '' }),
         el('td', { text: talk }),
         el('td', { 'data-testid': 'recent-result', text: label('result', c.result) }),
-        el('td', { class: 'note', 'data-testid': 'recent-note', text: c.note || '' }));
+        el('td', { class: 'note', 'data-testid': 'recent-note', text: c.note || '' }),
+        actions);
     }));
     if (S.recentError) {
       status.textContent = t('recent.error');
@@ -821,6 +862,154 @@
     }
   }
 
+  // -- call back (click-to-call) ---------------------------------------------------------
+
+  /** A customer's number, not an agent's extension (those are at most 6 digits). */
+  function isCustomerNumber(raw) {
+    return typeof raw === 'string' && raw.replace(/\D/g, '').length > 6;
+  }
+
+  function customerNumber(card) {
+    const c = card.caller;
+    if (!c || c.extension) return null;
+    const number = c.e164 || c.raw;
+    return isCustomerNumber(number) ? number : null;
+  }
+
+  /** A fresh id per click. crypto.randomUUID needs a secure context (https); this does not. */
+  function requestId() {
+    const bytes = new Uint8Array(16);
+    crypto.getRandomValues(bytes);
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+  }
+
+  function sleep(ms) {
+    return new Promise((resolve) => setTimeout(resolve, ms));
+  }
+
+  /** Ask the gateway to ring the agent's phone, then the customer. The request id is sent
+      again only when the network lost the answer: the gateway places it once however often. */
+  async function callBack(key, number, shop, render) {
+    const current = S.callbacks.get(key);
+    if (current && current.state === 'pending') return;
+    const generation = S.generation;
+    const body = { number, request_id: requestId() };
+    if (shop) body.shop = shop;
+    S.callbacks.set(key, { state: 'pending', reply: null });
+    render();
+    let reply = null;
+    for (let attempt = 0; attempt < CALLBACK_ATTEMPTS; attempt += 1) {
+      try {
+        reply = await api('POST', '/api/calls', body);
+        break;
+      } catch (_) { // no answer: did the gateway get it? The same request id finds out.
+        if (attempt + 1 < CALLBACK_ATTEMPTS) await sleep(CALLBACK_RETRY_MS * (attempt + 1));
+      }
+      if (generation !== S.generation) return;
+    }
+    if (generation !== S.generation) return;
+    if (reply && reply.status === 401) { sessionEnded(); return; }
+    const done = { state: reply && reply.ok ? 'placed' : 'error', reply };
+    S.callbacks.set(key, done);
+    render();
+    setTimeout(() => {
+      if (S.callbacks.get(key) !== done) return;
+      S.callbacks.delete(key);
+      render();
+    }, done.state === 'placed' ? CALLBACK_SHOWN_MS : CALLBACK_ERROR_SHOWN_MS);
+  }
+
+  function callbackText(cb) {
+    if (cb.state === 'pending') return t('c2c.calling');
+    if (cb.state === 'placed') return t('c2c.placed');
+    const r = cb.reply;
+    const message = r ? errorText(r) : t('error.network');
+    const code = r && r.data && typeof r.data.error === 'string' ? r.data.error : '';
+    return code && has(`c2c.error.${code}`) ? t(`c2c.error.${code}`, { message }) : t('c2c.failed', { message });
+  }
+
+  function paintCallback(button, status, cb, number) {
+    button.textContent = t('c2c.call_back');
+    button.setAttribute('aria-label', t('c2c.label', { number }));
+    button.disabled = Boolean(cb && cb.state === 'pending');
+    status.textContent = cb ? callbackText(cb) : '';
+    status.dataset.status = cb ? cb.state : '';
+    status.hidden = !cb;
+  }
+
+  function renderCallback(entry) {
+    const p = entry.parts;
+    const card = entry.frame.card || {};
+    const number = customerNumber(card);
+    // Not while the phone rings: then the thing to do is to pick it up.
+    p.tools.hidden = !number || (entry.frame.state || 'ringing') === 'ringing' || Boolean(entry.withdrawn);
+    if (number) paintCallback(p.callback, p.callbackStatus, S.callbacks.get(`pop:${entry.id}`), callerNumber(card));
+  }
+
+  // -- my status: available / pause / do not disturb, and wrap-up ------------------------
+
+  async function refreshStatus() {
+    const generation = S.generation;
+    let r;
+    try { r = await api('GET', '/api/me/status'); } catch (_) { return; }
+    if (generation !== S.generation) return;
+    if (r.status === 401) { sessionEnded(); return; }
+    if (r.status === 404) { S.presence = null; renderStatus(); return; } // this gateway keeps no presence
+    if (r.ok && r.data) {
+      S.presence = r.data;
+      renderStatus();
+    }
+  }
+
+  async function setStatus(body) {
+    const generation = S.generation;
+    const error = $('status-error');
+    const buttons = document.querySelectorAll('#presence button');
+    error.hidden = true;
+    for (const b of buttons) b.disabled = true;
+    let r;
+    try { r = await api('PUT', '/api/me/status', body); } catch (_) { r = null; }
+    if (generation !== S.generation) return;
+    for (const b of buttons) b.disabled = false;
+    if (r && r.status === 401) { sessionEnded(); return; }
+    if (!r || !r.ok || !r.data) {
+      error.textContent = t('status.error', { message: r ? errorText(r) : t('error.network') });
+      error.hidden = false;
+      return;
+    }
+    S.presence = r.data;
+    renderStatus();
+  }
+
+  function renderStatus() {
+    const p = S.presence;
+    $('presence').hidden = !p;
+    if (!p) {
+      clearInterval(S.wrapTimer);
+      S.wrapTimer = 0;
+      return;
+    }
+    $('presence').dataset.status = p.status;
+    for (const b of document.querySelectorAll('#presence button[data-status]')) {
+      b.setAttribute('aria-pressed', String(b.dataset.status === p.status));
+    }
+    renderWrapUp();
+  }
+
+  function renderWrapUp() {
+    const p = S.presence;
+    const until = p && typeof p.wrap_up_until === 'number' ? p.wrap_up_until * 1000 : 0;
+    const left = Math.ceil((until - (Date.now() + S.skew)) / 1000);
+    $('wrap-up').hidden = !(left > 0);
+    if (left > 0) {
+      $('wrap-up-text').textContent = t('status.wrap_up', { seconds: left });
+      if (!S.wrapTimer) S.wrapTimer = setInterval(renderWrapUp, 1000);
+    } else if (S.wrapTimer) {
+      clearInterval(S.wrapTimer);
+      S.wrapTimer = 0;
+    }
+  }
+
   // -- start ----------------------------------------------------------------------------
 
   async function boot() {
@@ -828,6 +1017,10 @@
     $('logout').addEventListener('click', onLogout);
     $('notify').addEventListener('click', askNotifications);
     $('recent-refresh').addEventListener('click', refreshRecent);
+    for (const b of document.querySelectorAll('#presence button[data-status]')) {
+      b.addEventListener('click', () => setStatus({ status: b.dataset.status }));
+    }
+    $('wrap-up-end').addEventListener('click', () => setStatus({ wrap_up: 'end' }));
     for (const b of document.querySelectorAll('[data-lang]')) {
       b.addEventListener('click', () => setLang(b.dataset.lang, true));
     }
