@@ -355,14 +355,15 @@ async def _demo(args: argparse.Namespace) -> int:
 
     from connectors.ami.demo_pbx import DemoPbx
     from connectors.ami.server import AmiServer
-    from gateway.config import HttpConfig, StoreConfig
+    from gateway.config import HttpConfig, Secret, StoreConfig
 
     store_path = args.store or Path(tempfile.mkdtemp(prefix="cti-demo-")) / "demo.sqlite3"
     users = await asyncio.get_running_loop().run_in_executor(None, demo_users)
     async with AmiServer(username="gateway", secret="demo-secret") as server:
         pbx = DemoPbx(server, rng=random.Random(args.seed))
         player = asyncio.create_task(pbx.run(interval=args.interval, speed=args.speed), name="demo-pbx")
-        config = Config(source=None, ami=None, http=HttpConfig(host=args.host, port=args.port),
+        http = HttpConfig(host=args.host, port=args.port, secret=Secret(secrets.token_hex(32)))
+        config = Config(source=None, ami=None, http=http,
                         store=StoreConfig(path=store_path), users=users, plan=demo_plan())
         settings = LinkSettings(host="127.0.0.1", port=server.port, username="gateway", secret="demo-secret")
 
