@@ -34,8 +34,8 @@ from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-import phonenumbers
 
+from gateway.phones import format_e164, parse_phone
 from gateway.record import CallRecord, iso
 
 from .store import Store, StoreError
@@ -170,13 +170,8 @@ def e164(raw: str | None, region: str) -> str | None:
     raw = raw.strip()
     if raw.isdigit() and len(raw) <= 6:
         return None
-    try:
-        parsed = phonenumbers.parse(raw, region)
-    except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_possible_number(parsed):
-        return None
-    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    parsed = parse_phone(raw, region)
+    return format_e164(parsed) if parsed is not None else None
 
 
 def customer_of(record: CallRecord) -> str | None:

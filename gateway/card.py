@@ -16,6 +16,7 @@ import phonenumbers
 
 from crm_bridge.store import CallSummary
 from gateway.numberplan import Line
+from gateway.phones import format_e164, parse_phone
 from gateway.record import iso
 
 Card = dict[str, Any]
@@ -27,17 +28,14 @@ def phone(raw: str | None, region: str) -> dict[str, Any] | None:
         return None
     if raw.isdigit() and len(raw) <= 6:
         return {"e164": None, "display": raw, "raw": raw, "extension": True}
-    try:
-        parsed = phonenumbers.parse(raw, region)
-    except phonenumbers.NumberParseException:
-        return {"e164": None, "display": raw, "raw": raw}
-    if not phonenumbers.is_possible_number(parsed):
+    parsed = parse_phone(raw, region)
+    if parsed is None:
         return {"e164": None, "display": raw, "raw": raw}
     fmt = (phonenumbers.PhoneNumberFormat.NATIONAL
            if phonenumbers.region_code_for_number(parsed) == region and region != "RU"
            else phonenumbers.PhoneNumberFormat.INTERNATIONAL)
     return {
-        "e164": phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164),
+        "e164": format_e164(parsed),
         "display": phonenumbers.format_number(parsed, fmt),
         "raw": raw,
     }
@@ -47,13 +45,10 @@ def spellings(raw: str, region: str) -> list[str]:
     """The ways a PBX may write one phone number (E.164, without +, with a
     national trunk prefix such as Russia's 8), for finding its past calls.
     Empty for a withheld or unreadable number: those have no history."""
-    try:
-        parsed = phonenumbers.parse(raw, region)
-    except phonenumbers.NumberParseException:
+    parsed = parse_phone(raw, region)
+    if parsed is None:
         return []
-    if not phonenumbers.is_possible_number(parsed):
-        return []
-    e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    e164 = format_e164(parsed)
     national = str(parsed.national_number)
     forms = {raw, e164, e164[1:], national}
     if parsed.country_code == 7:

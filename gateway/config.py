@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.auth import is_password_hash
+from gateway.phones import format_e164, parse_phone
 from gateway.numberplan import WEEKDAYS, Line, NumberPlan, Shop
 from gateway.users import Role, User
 
@@ -254,16 +255,11 @@ def _table_list(data: Mapping[str, Any], key: str, where: str) -> list[_Reader]:
 
 
 def _e164(r: _Reader, key: str, region: str) -> str:
-    import phonenumbers
-
     raw = r.text(key, required=True)
-    try:
-        parsed = phonenumbers.parse(raw, region)
-    except phonenumbers.NumberParseException:
-        raise r._fail(key, "a phone number, best in E.164 like \"+74950000001\"", raw) from None
-    if not phonenumbers.is_possible_number(parsed):
-        raise r._fail(key, "a possible phone number in E.164 like \"+74950000001\"", raw)
-    return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+    parsed = parse_phone(raw, region)
+    if parsed is None:
+        raise r._fail(key, "a phone number, best in E.164 like \"+74950000001\"", raw)
+    return format_e164(parsed)
 
 
 def _window(r: _Reader, key: str, text: str) -> tuple[time, time] | None:

@@ -13,9 +13,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from connectors.ami.scenarios import CallFactory
-from crm_bridge.contacts import Contacts
+from crm_bridge.contacts import Contacts, e164
 from crm_bridge.store import Store
-from gateway.card import spellings
 from gateway.numberplan import PlanBook
 from gateway.presence import Presence
 from gateway.routing import RouteDecision, Router
@@ -59,8 +58,7 @@ class World:
 
 
 def _e164(raw: str) -> str | None:
-    forms = spellings(raw, "RU")
-    return next((f for f in forms if f.startswith("+")), None)
+    return e164(raw, "RU")
 
 
 @pytest.fixture
