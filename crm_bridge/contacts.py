@@ -298,13 +298,28 @@ class Contacts:
         channel: str | None,
         manager_of: Callable[[str], str | None],
     ) -> Contact | None:
-        """Make the customer of a finished call a lead if he is new, note the
-        call's time, and assign the first agent who talked as his manager if
-        he has none. One write; the contact as committed, or None when the
-        call has no customer (internal, withheld, unreadable)."""
+        """Apply ``call_statements`` on their own; the contact as committed, or
+        None when the call has no customer (internal, withheld, unreadable)."""
         number = e164(customer_of(record), self.region)
         if number is None:
             return None
+        await self.store.write(*self.call_statements(record, number, shop=shop, channel=channel,
+                                                     manager_of=manager_of))
+        return await self._get_e164(number)
+
+    def call_statements(
+        self,
+        record: CallRecord,
+        number: str,
+        *,
+        shop: str | None,
+        channel: str | None,
+        manager_of: Callable[[str], str | None],
+    ) -> list[Statement]:
+        """What a finished call with the customer ``number`` (E.164) does to
+        him: make him a lead if he is new, note the call's time, and assign the
+        first agent who talked as his manager if he has none. Statements for
+        the writer, to run with the call's record."""
         now, t = self._clock(), record.started_at
         statements = _ensure_lead(number, now)
         # source_channel and first_shop follow the earliest call, so handling
@@ -330,8 +345,7 @@ class Contacts:
                 f"WHERE contact_id = {_OWNER} AND manager IS NULL",
                 (manager, RULE, now, number),
             ))
-        await self.store.write(*statements)
-        return await self._get_e164(number)
+        return statements
 
     # -- reads ---------------------------------------------------------------
 

@@ -150,6 +150,68 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE UNIQUE INDEX click_to_call_call_id ON click_to_call (call_id);
         """,
     ),
+    (
+        7,
+        # The follow-up of calls (gateway.callbacks, gateway.kpi):
+        # - calls.customer: the customer's number as E.164 (NULL for internal
+        #   or withheld), so one index finds a contact's calls however the PBX
+        #   wrote the number (the VIP plan counts them);
+        # - callback_tasks: one per missed customer until he is reached; at most
+        #   one open per phone (the partial unique index), attempts counted from
+        #   callback_attempts, which is keyed by call so a record handled twice
+        #   counts once;
+        # - interactions: KPI points, one row per (kind, call, agent) for those
+        #   counted from calls, per client request id for those posted by hand.
+        """
+        ALTER TABLE calls ADD COLUMN customer TEXT;
+        CREATE INDEX calls_customer ON calls (customer, started_at);
+        CREATE TABLE callback_tasks (
+            task_id          INTEGER PRIMARY KEY,
+            phone            TEXT NOT NULL,      -- E.164
+            status           TEXT NOT NULL,      -- open | reached | closed (by hand)
+            shop             TEXT,
+            channel          TEXT,
+            owner            TEXT,               -- a user's login
+            attempts         INTEGER NOT NULL DEFAULT 0,
+            first_attempt_at REAL NOT NULL,      -- when the first missed call ended
+            last_attempt_at  REAL NOT NULL,
+            due_at           REAL NOT NULL,      -- the SLA deadline (working time of the shop)
+            escalated_at     REAL,               -- SLA breach notified (once); the digest's flag
+            closed_at        REAL,
+            closed_by        TEXT,               -- who reached the customer or closed it by hand
+            close_reason     TEXT,               -- called_back | called_in | a reason given by hand
+            close_note       TEXT,
+            closed_call_id   TEXT,
+            callback_seconds REAL,               -- first attempt to reaching the customer
+            within_sla       INTEGER,            -- 0/1 once reached
+            created_at       REAL NOT NULL,
+            updated_at       REAL NOT NULL
+        );
+        CREATE UNIQUE INDEX callback_tasks_one_open ON callback_tasks (phone) WHERE status = 'open';
+        CREATE INDEX callback_tasks_owner ON callback_tasks (owner, status);
+        CREATE INDEX callback_tasks_due ON callback_tasks (status, due_at);
+        CREATE TABLE callback_attempts (
+            call_id TEXT PRIMARY KEY,
+            task_id INTEGER NOT NULL REFERENCES callback_tasks (task_id),
+            at      REAL NOT NULL,
+            outcome TEXT NOT NULL
+        );
+        CREATE INDEX callback_attempts_task ON callback_attempts (task_id);
+        CREATE TABLE interactions (
+            interaction_id INTEGER PRIMARY KEY,
+            login       TEXT NOT NULL,
+            kind        TEXT NOT NULL,
+            at          REAL NOT NULL,
+            points      REAL NOT NULL,   -- as the points table said when it was recorded
+            call_id     TEXT,
+            note        TEXT,
+            recorded_by TEXT,            -- NULL when counted from a call
+            dedup_key   TEXT NOT NULL UNIQUE
+        );
+        CREATE INDEX interactions_by_time ON interactions (at, login);
+        CREATE INDEX interactions_by_login ON interactions (login, at);
+        """,
+    ),
 ]
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

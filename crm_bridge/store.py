@@ -68,6 +68,7 @@ _CALL_COLUMNS = (
     "recording_path",
     "shop",
     "channel",
+    "customer",
 )
 _LEG_COLUMNS = (
     "call_id",
@@ -104,7 +105,7 @@ _SELECT_LEGS = (
 
 @dataclass(slots=True)
 class _Pending:
-    """A call record to upsert, or (record None) statements to run, in one batch."""
+    """A call record to upsert and statements to run after it (or only statements), in one batch."""
 
     record: CallRecord | None
     done: asyncio.Future[None]
@@ -228,16 +229,19 @@ class Store:
 
         return cls(path, writer_db, reader_db, batch_max=batch_max, batch_delay=batch_delay)
 
-    async def save_call(self, record: CallRecord) -> None:
+    async def save_call(self, record: CallRecord, *, also: Sequence[tuple[str, tuple[Any, ...]]] = ()) -> None:
         """Store ``record`` (replacing an earlier version of the call); return once committed.
 
-        Waits for room when the queue of pending saves is full. Cancelling the
-        caller does not withdraw a record already queued.
+        ``also``: statements that belong with the record (its contact, its
+        callback task, its KPI points), run right after it in the same
+        transaction, so a crash never keeps the call and loses what follows
+        from it. Waits for room when the queue of pending saves is full.
+        Cancelling the caller does not withdraw a record already queued.
         """
         if self._closing:
             raise StoreError(f"{self.path}: the call store is closed; call {record.call_id} not saved")
         _check_record(self.path, record)
-        await self._enqueue(record, ())
+        await self._enqueue(record, tuple(also))
 
     async def set_result(self, call_id: str, result: str, note: str | None, set_by: str, at: float) -> None:
         """Record (or replace) the agent's result and note for a call; returns once committed."""
@@ -429,14 +433,15 @@ class Store:
         updated_at = time.time()
         db = self._writer_db
         await db.execute("BEGIN IMMEDIATE")
-        for pending in batch:
-            for sql, params in pending.statements:
-                await db.execute(sql, params)
+        # The calls first: statements may refer to the calls of their batch.
         await db.executemany(_UPSERT_CALL, [(*_call_row(r), updated_at) for r in latest.values()])
         await db.executemany(_DELETE_LEGS, [(call_id,) for call_id in latest])
         await db.executemany(
             _INSERT_LEG, [_leg_row(r.call_id, leg) for r in latest.values() for leg in r.legs]
         )
+        for pending in batch:
+            for sql, params in pending.statements:
+                await db.execute(sql, params)
         await db.execute("COMMIT")
 
     def _fail(self, batch: Iterable[_Pending], what: str, cause: BaseException | None = None) -> None:
@@ -503,6 +508,7 @@ def _call_row(r: CallRecord) -> tuple[Any, ...]:
         r.recording_path,
         r.shop,
         r.channel,
+        r.customer,
     )
 
 
@@ -543,6 +549,7 @@ def _call_from_row(row: sqlite3.Row, legs: Iterable[LegRecord]) -> CallRecord:
         recording_path=row[18],
         shop=row[19],
         channel=row[20],
+        customer=row[21],
         legs=tuple(legs),
     )
 

@@ -95,8 +95,8 @@ def build_card(
     }
 
 
-def with_history(card: Card, calls: Sequence[CallSummary]) -> Card:
-    """The card with its last calls; missed-call tasks arrive in a later release (0 until then)."""
+def with_history(card: Card, calls: Sequence[CallSummary], open_missed_calls: int) -> Card:
+    """The card with its last calls and the caller's open missed-call tasks."""
     return {
         **card,
         "recent_calls": [
@@ -104,5 +104,5 @@ def with_history(card: Card, calls: Sequence[CallSummary]) -> Card:
              "answered_by": c.answered_by, "result": c.result, "note": c.note}
             for c in calls
         ],
-        "open_missed_calls": 0,
+        "open_missed_calls": open_missed_calls,
     }

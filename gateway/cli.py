@@ -31,6 +31,9 @@ from gateway.click_to_call import ClickToCall
 from gateway.config import Config, ConfigError, load_config
 from gateway.contacts_api import CONTACTS
 from gateway.contacts_api import add_routes as add_contact_routes
+from gateway.followup import Followup
+from gateway.followup_api import FOLLOWUP
+from gateway.followup_api import add_routes as add_followup_routes
 from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.numberplan import NumberPlan, PlanBook
@@ -242,9 +245,10 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
     # Click-to-call: one Originate per request, through the dialplan's [click-to-call].
     click_to_call = ClickToCall(store, AmiDialer(link, dial_string=routing.dial_string), plans, directory, time.time,
                                 region=http.default_region, contacts=contacts)
+    followup = Followup(store, plans=plans, directory=directory, kpi=config.kpi, vip=config.vip, hub=hub)
     gateway = Gateway(store, hub=hub, metrics=metrics, region=http.default_region,
                       crm_url_template=http.crm_url_template, plans=plans, contacts=contacts,
-                      presence=presence, click_to_call=click_to_call, on_record=on_record)
+                      presence=presence, click_to_call=click_to_call, followup=followup, on_record=on_record)
     gateway_ref.append(gateway)
     router = Router(
         contacts=contacts, plans=plans, directory=directory, presence=presence, clock=time.time,
@@ -277,6 +281,8 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
                     reload=reload, presence=presence, click_to_call=click_to_call)
     app[CONTACTS] = contacts
     add_contact_routes(app)
+    app[FOLLOWUP] = followup
+    add_followup_routes(app)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, http.host, http.port)
@@ -314,6 +320,7 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
     link.start()
     consumer = asyncio.create_task(gateway.consume_ami(link, normaliser), name="ami-consumer")
+    sla_watch = asyncio.create_task(followup.watch(), name="sla-watch")
     log.info("gateway running: AMI %s:%s, HTTP http://%s:%s/, store %s", settings.host, settings.port,
              http.host, port, config.store.path)
     if started is not None:
@@ -328,7 +335,8 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
         if agi is not None:
             await agi.close()
         consumer.cancel()
-        await asyncio.gather(consumer, return_exceptions=True)
+        sla_watch.cancel()
+        await asyncio.gather(consumer, sla_watch, return_exceptions=True)
         await gateway.drain()
         await runner.cleanup()
         await store.close()

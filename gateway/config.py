@@ -19,6 +19,7 @@ from typing import Any
 
 from gateway.auth import is_password_hash
 from gateway.phones import format_e164, parse_phone
+from gateway.kpi import DEFAULT_POINTS, KpiRules, VipPlan
 from gateway.numberplan import WEEKDAYS, Line, NumberPlan, Shop
 from gateway.users import Role, User
 
@@ -97,6 +98,8 @@ class Config:
     users: tuple[User, ...] = ()
     plan: NumberPlan = NumberPlan()
     routing: RoutingConfig = RoutingConfig()
+    kpi: KpiRules = KpiRules()
+    vip: VipPlan = VipPlan()
 
     def agent_devices(self) -> dict[str, str]:
         """Device name -> extension, for the AMI channel classifier."""
@@ -166,7 +169,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
 def parse_config(data: Mapping[str, Any], *, source: Path | None, environ: Mapping[str, str]) -> Config:
     where = str(source) if source else "<config>"
     base = source.parent if source else Path.cwd()
-    known = {"ami", "http", "store", "agents", "users", "shops", "numbers", "plan", "routing"}
+    known = {"ami", "http", "store", "agents", "users", "shops", "numbers", "plan", "routing", "kpi", "vip"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{where}: [{key}]: unknown section (known: {', '.join(sorted(known))})")
@@ -244,7 +247,44 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None, environ: Mappi
     )
     r.check_unknown()
     return Config(source=source, ami=ami, http=http, store=store, agents=agents, users=users, plan=plan,
-                  routing=routing)
+                  routing=routing, kpi=_kpi(table("kpi")), vip=_vip(table("vip")))
+
+
+def _kpi(r: _Reader) -> KpiRules:
+    points_raw = r.get("points", dict, dict(DEFAULT_POINTS), "a table of interaction kind = points")
+    points: dict[str, float] = {}
+    for kind, value in points_raw.items():
+        if not isinstance(kind, str) or not kind.replace("_", "").isalnum() or len(kind) > 40:
+            raise r._fail("points", "kinds made of letters, digits and '_' (like meeting = 10)", kind)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise r._fail(f"points.{kind}", "a number of points >= 0", value)
+        points[kind] = float(value)
+    target = r.get("daily_target", float, 20.0, "points a day, a number >= 0")
+    if target < 0:
+        raise r._fail("daily_target", "points a day, a number >= 0", target)
+    zone = _zone(r, "timezone", "Europe/Moscow")
+    r.check_unknown()
+    return KpiRules(points=points, daily_target=float(target), timezone=zone)
+
+
+def _vip(r: _Reader) -> VipPlan:
+    calls = r.get("calls", int, 2, "a whole number of calls >= 0")
+    if calls < 0:
+        raise r._fail("calls", "a whole number of calls >= 0", calls)
+    period = r.text("period", "month")
+    if period not in ("month", "week"):
+        raise r._fail("period", '"month" or "week"', period)
+    r.check_unknown()
+    return VipPlan(calls=calls, period=period)
+
+
+def _zone(r: _Reader, key: str, default: str) -> str:
+    zone = r.text(key, default)
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise r._fail(key, 'an IANA time zone like "Europe/Moscow"', zone) from None
+    return zone
 
 
 def _table_list(data: Mapping[str, Any], key: str, where: str) -> list[_Reader]:
@@ -284,11 +324,7 @@ def _plan(data: Mapping[str, Any], where: str, logins: set[str], region: str) ->
         shop_id = r.text("id", required=True)
         if shop_id in shops:
             raise r._fail("id", "a shop id not used by another shop", shop_id)
-        zone = r.text("timezone", "Europe/Moscow")
-        try:
-            ZoneInfo(zone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise r._fail("timezone", 'an IANA time zone like "Europe/Moscow"', zone) from None
+        zone = _zone(r, "timezone", "Europe/Moscow")
         hours_raw = r.get("hours", (str, dict), "00:00-24:00", 'hours like "09:00-21:00" or a table per weekday')
         hours: tuple[tuple[time, time] | None, ...]
         if isinstance(hours_raw, str):
@@ -307,6 +343,15 @@ def _plan(data: Mapping[str, Any], where: str, logins: set[str], region: str) ->
         supervisor = r.get("supervisor", str, None, "a user's login")
         if supervisor is not None and supervisor not in logins:
             raise r._fail("supervisor", "the login of a user in [[users]]", supervisor)
+        default_owner = r.get("default_owner", str, None, "a user's login")
+        if default_owner is not None and default_owner not in logins:
+            raise r._fail("default_owner", "the login of a user in [[users]]", default_owner)
+        sla = r.get("callback_sla_minutes", float, 30.0, "minutes of working time, a number > 0")
+        if not sla > 0:
+            raise r._fail("callback_sla_minutes", "minutes of working time, a number > 0", sla)
+        vip_calls = r.get("vip_calls", int, None, "a whole number of calls >= 0")
+        if vip_calls is not None and vip_calls < 0:
+            raise r._fail("vip_calls", "a whole number of calls >= 0", vip_calls)
         shops[shop_id] = Shop(
             shop_id=shop_id,
             name=r.text("name", shop_id),
@@ -315,6 +360,9 @@ def _plan(data: Mapping[str, Any], where: str, logins: set[str], region: str) ->
             hours=hours,
             holidays=frozenset(holidays),
             supervisor=supervisor,
+            default_owner=default_owner,
+            callback_sla_minutes=float(sla),
+            vip_calls=vip_calls,
         )
         r.check_unknown()
     lines: dict[str, Line] = {}
@@ -392,10 +440,18 @@ def _users(items: Any, where: str) -> tuple[User, ...]:
             team=r.get("team", str, None, "a team name"),
             leads=leads,
             extensions=extensions,
+            daily_target=_target(r),
         )
         r.check_unknown()
         users.append(user)
     return tuple(users)
+
+
+def _target(r: _Reader) -> float | None:
+    target = r.get("daily_target", float, None, "KPI points a day, a number >= 0")
+    if target is not None and target < 0:
+        raise r._fail("daily_target", "KPI points a day, a number >= 0", target)
+    return float(target) if target is not None else None
 
 
 def _secret(r: _Reader, base: Path, environ: Mapping[str, str]) -> Secret:

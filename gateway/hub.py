@@ -138,6 +138,10 @@ class Hub:
             pop.state = "ended"
             self._send(pop.login, pop.frame("update"))
 
+    def notify(self, login: str, frame: dict[str, Any]) -> None:
+        """A notice for one person (any role), on every tab he has open; nothing if he has none."""
+        self._send(login, frame)
+
     def had_pop(self, call_id: str, login: str) -> bool:
         """Whether this agent's phone rang for the call lately (results may be set after)."""
         return (call_id, login) in self._past

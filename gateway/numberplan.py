@@ -25,6 +25,9 @@ class Shop:
     hours: tuple[tuple[time, time] | None, ...] = ((time(0), time(23, 59, 59)),) * 7  # per weekday, None: closed
     holidays: frozenset[date] = frozenset()
     supervisor: str | None = None  # a user's login
+    default_owner: str | None = None  # owns callback tasks of callers who have no manager
+    callback_sla_minutes: float = 30.0  # of working time, to call a missed customer back
+    vip_calls: int | None = None  # answered outbound calls per period a VIP gets; None: [vip] calls
 
     def is_open(self, at: float) -> bool:
         """Whether ``at`` (epoch seconds) falls in the shop's working hours, in its time zone."""

@@ -48,6 +48,7 @@ class CallRecord:
     legs: tuple[LegRecord, ...] = field(default=())
     shop: str | None = None  # the number plan's shop id for the dialled number, at the call's start
     channel: str | None = None  # ...and its ad channel
+    customer: str | None = None  # the customer's number as E.164 (set by the service, which knows the region)
 
     def to_json(self) -> dict[str, Any]:
         """The shape of ``replay`` and ``calls`` output (legs left out)."""

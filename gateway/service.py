@@ -16,13 +16,14 @@ from typing import Any
 
 from connectors.ami.link import AmiLink
 from connectors.ami.normalise import AmiNormaliser
-from crm_bridge.contacts import Contacts
-from crm_bridge.store import Store
+from crm_bridge.contacts import Contacts, customer_of, e164
+from crm_bridge.store import Store, StoreError
 from gateway.card import Card, build_card, spellings, with_history
 from gateway.click_to_call import CHANNEL as CLICK_TO_CALL_CHANNEL
 from gateway.click_to_call import CallRequest, ClickToCall
 from gateway.effects import AgentAnswered, AgentLegEnded, AgentRingStarted, AgentRingStopped, CallFinished, Effect
 from gateway.events import CallEvent
+from gateway.followup import Followup
 from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.numberplan import NumberPlan, PlanBook
@@ -55,9 +56,11 @@ class Gateway:
         directory: Directory | None = None,
         presence: Presence | None = None,
         click_to_call: ClickToCall | None = None,
+        followup: Followup | None = None,
         on_record: RecordListener | None = None,
     ) -> None:
         self.store = store
+        self.followup = followup
         self.click_to_call = click_to_call
         self.presence = presence
         self.contacts = contacts
@@ -79,7 +82,7 @@ class Gateway:
     def _carry_out(self, effect: Effect) -> None:
         hub = self.hub
         if isinstance(effect, CallFinished):
-            record = self._with_line(effect.record)
+            record = self._with_line(replace(effect.record, customer=e164(customer_of(effect.record), self.region)))
             self.metrics.calls_finished.labels(record.outcome).inc()
             self._spawn(self._save(record), f"save-{record.call_id}")
             if hub is not None:
@@ -134,11 +137,13 @@ class Gateway:
     async def _history(self, pop_id: str, card: Card, numbers: list[str], call_id: str) -> None:
         try:
             calls = await asyncio.wait_for(self.store.calls_with_number(numbers, exclude=call_id), HISTORY_TIMEOUT)
+            phone = e164(numbers[0], self.region)
+            missed = await self.followup.tasks.open_count(phone) if self.followup and phone else 0
         except Exception as exc:  # the pop went out already; the card just lacks its history
             log.warning("history for a pop of call %s not loaded: %s", call_id, exc or type(exc).__name__)
             return
         if self.hub is not None:
-            self.hub.card_updated(pop_id, with_history(card, calls))
+            self.hub.card_updated(pop_id, with_history(card, calls, missed))
 
     async def _save(self, record: CallRecord) -> None:
         if record.direction == "outbound" and record.channel is None and self.click_to_call is not None:
@@ -146,17 +151,28 @@ class Gateway:
                 record = _with_request(record, await self.click_to_call.find_call(record.call_id))
             except Exception as exc:  # stored without its shop rather than not at all
                 log.warning("click-to-call request of call %s not read: %s", record.call_id, exc)
+        # What follows from the call (its contact, callback task, KPI points) is
+        # written in the call's own transaction.
+        also = []
+        if self.contacts is not None and record.customer is not None:
+            also += self.contacts.call_statements(record, record.customer, shop=record.shop, channel=record.channel,
+                                                  manager_of=self._login_of)
+        if self.followup is not None:
+            also += self.followup.call_statements(record)
         try:
-            await self.store.save_call(record)
-        except Exception:
-            log.exception("call %s could not be stored", record.call_id)
-            return
-        if self.contacts is not None:
+            await self.store.save_call(record, also=also)
+        except StoreError as exc:
+            if not also:
+                log.error("call %s could not be stored: %s", record.call_id, exc)
+                return
+            # Never lose the call for what follows from it: store it alone.
+            log.error("call %s with its contact, task and points could not be stored (%s); storing the call alone",
+                      record.call_id, exc)
             try:
-                await self.contacts.on_call_finished(record, shop=record.shop, channel=record.channel,
-                                                     manager_of=self._login_of)
-            except Exception:
-                log.exception("contact of call %s not updated", record.call_id)
+                await self.store.save_call(record)
+            except StoreError as again:
+                log.error("call %s could not be stored: %s", record.call_id, again)
+                return
         if self._on_record is not None:
             self._on_record(record)
 

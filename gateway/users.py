@@ -27,6 +27,7 @@ class User:
     team: str | None = None  # the team an agent works in
     leads: tuple[str, ...] = ()  # teams a manager leads
     extensions: tuple[str, ...] = ()  # an agent's phones
+    daily_target: float | None = None  # KPI points a day; None: the [kpi] daily_target
 
     def public(self) -> dict[str, object]:
         return {"login": self.login, "name": self.name, "role": self.role.value, "team": self.team,

@@ -38,6 +38,7 @@ WS_TOKEN_TTL = 300.0
 AUTH_FRAME_TIMEOUT = 10.0
 MAX_CLIENT_FRAME = 4096
 MAX_NOTE = 2000
+WS_ROLES = (Role.AGENT, Role.MANAGER, Role.ADMIN)
 
 HTTP = web.AppKey("http", HttpConfig)
 STORE = web.AppKey("store", Store)
@@ -203,7 +204,8 @@ async def me(request: web.Request) -> web.StreamResponse:
 
 
 async def ws_token(request: web.Request) -> web.StreamResponse:
-    user = _require(request, [Role.AGENT])
+    # Agents get their pops over it; managers and administrators their notices.
+    user = _require(request, WS_ROLES)
     token, claims = request.app[SIGNER].issue("ws", user.login, WS_TOKEN_TTL)
     return web.json_response({"token": token, "expires_at": iso(claims.expires_at)},
                              headers={"Cache-Control": "no-store"})
@@ -398,8 +400,8 @@ async def _authenticate(request: web.Request, ws: web.WebSocketResponse) -> User
         await refuse(CLOSE_AUTH, "auth_failed", str(exc))
         return None
     user = request.app[DIRECTORY].by_login(claims.subject)
-    if user is None or user.role is not Role.AGENT:
-        await refuse(CLOSE_AUTH, "auth_failed", "no such agent")
+    if user is None or user.role not in WS_ROLES:
+        await refuse(CLOSE_AUTH, "auth_failed", "no such user, or a role that gets no pops or notices")
         return None
     return user
 

@@ -25,6 +25,10 @@ from crm_bridge.contacts import Contacts
 from crm_bridge.store import Store
 from gateway.contacts_api import CONTACTS
 from gateway.contacts_api import add_routes as add_contact_routes
+from gateway.followup import Followup
+from gateway.followup_api import FOLLOWUP
+from gateway.followup_api import add_routes as add_followup_routes
+from gateway.kpi import KpiRules, VipPlan
 from gateway.auth import Signer, hash_password
 from gateway.click_to_call import ClickToCall
 from gateway.config import HttpConfig
@@ -65,8 +69,9 @@ def default_users() -> tuple[User, ...]:
 class Harness:
     def __init__(self, tmp_path: Path, *, users: tuple[User, ...] | None = None,
                  http: HttpConfig | None = None, clock: Callable[[], float] = time.time,
-                 plans: PlanBook | None = None) -> None:
+                 plans: PlanBook | None = None, kpi: KpiRules | None = None, vip: VipPlan | None = None) -> None:
         self.plans = plans
+        self.kpi, self.vip = kpi, vip
         self.tmp_path = tmp_path
         self.users = users if users is not None else default_users()
         self.http = http or HttpConfig(host="127.0.0.1", port=0, allowed_origins=("http://crm.example.com",))
@@ -97,10 +102,12 @@ class Harness:
         plans = self.plans or PlanBook(NumberPlan())
         self.click_to_call = ClickToCall(self.store, AmiDialer(self.link), plans, self.directory, self.clock,
                                          region=self.http.default_region, contacts=self.contacts)
+        self.followup = Followup(self.store, plans=plans, directory=self.directory, kpi=self.kpi, vip=self.vip,
+                                 hub=self.hub, clock=self.clock)
         self.gateway = Gateway(self.store, hub=self.hub, metrics=self.metrics, region=self.http.default_region,
                                crm_url_template=self.http.crm_url_template, plans=plans,
                                contacts=self.contacts, presence=self.presence, click_to_call=self.click_to_call,
-                               on_record=self._on_record)
+                               followup=self.followup, on_record=self._on_record)
         await self.start_http()
         self.normaliser = AmiNormaliser()
         self.link.start()
@@ -115,6 +122,8 @@ class Harness:
                         presence=self.presence, click_to_call=self.click_to_call)
         app[CONTACTS] = self.contacts
         add_contact_routes(app)
+        app[FOLLOWUP] = self.followup
+        add_followup_routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)

@@ -265,11 +265,20 @@ async def test_a_forged_token_is_refused(h: Harness, forge: str) -> None:
     assert code == 4401
 
 
-@pytest.mark.parametrize("login", ["olga", "admin", "nobody"])
-async def test_a_token_that_names_no_agent_is_refused(h: Harness, login: str) -> None:
+@pytest.mark.parametrize("login", ["mark", "nobody"])
+async def test_a_token_for_a_marketer_or_nobody_is_refused(h: Harness, login: str) -> None:
     ws = await open_ws(h)
     error, code = await refused(ws, h.token(login))
-    assert (error["code"], error["message"], code) == ("auth_failed", "no such agent", 4401)
+    assert (error["code"], code) == ("auth_failed", 4401)
+    assert error["message"] == "no such user, or a role that gets no pops or notices"
+
+
+@pytest.mark.parametrize("login", ["olga", "admin"])
+async def test_managers_and_admins_connect_for_notices_and_get_no_pops(h: Harness, login: str) -> None:
+    ws = await open_ws(h)
+    ready = await auth(ws, h.token(login))
+    assert (ready["type"], ready["agent"]["login"], ready["agent"]["extensions"]) == ("ready", login, [])
+    await ws.close()
 
 
 async def test_an_expired_token_is_refused(tmp_path: Path) -> None:
@@ -470,7 +479,7 @@ async def test_history_follows_the_pop_as_an_update(h: Harness) -> None:
         assert recent[0] == {"call_id": h.records[-1].call_id, "started_at": recent[0]["started_at"],
                              "direction": "inbound", "outcome": "missed", "answered_by": None, "result": None,
                              "note": None}
-        assert update["card"]["open_missed_calls"] == 0
+        assert update["card"]["open_missed_calls"] == 1  # six missed calls: one callback task
 
 
 async def test_history_lists_the_previous_call_of_the_number(h: Harness) -> None:

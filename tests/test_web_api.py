@@ -174,7 +174,10 @@ async def test_the_page_token_opens_the_websocket(h: Harness, http: aiohttp.Clie
 # route -> the roles it admits
 ROUTES: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", "/api/me"): frozenset(Role),
-    ("GET", "/api/token"): frozenset({Role.AGENT}),
+    ("GET", "/api/token"): frozenset({Role.AGENT, Role.MANAGER, Role.ADMIN}),
+    ("GET", "/api/callbacks"): frozenset({Role.AGENT, Role.MANAGER, Role.ADMIN}),
+    ("GET", "/api/kpi"): frozenset({Role.AGENT, Role.MANAGER, Role.ADMIN}),
+    ("GET", "/api/vip-plan"): frozenset({Role.AGENT, Role.MANAGER, Role.ADMIN}),
     ("GET", "/api/agents"): frozenset({Role.MANAGER, Role.ADMIN}),
     ("GET", "/api/calls/recent"): frozenset({Role.AGENT}),
     ("POST", f"/api/calls/{A_CALL}/result"): frozenset({Role.AGENT}),
