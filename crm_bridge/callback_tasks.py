@@ -218,15 +218,20 @@ class CallbackTasks:
             raise TaskError("bad_reason", f"reason must be one of {', '.join(CLOSE_REASONS)}")
         if note is not None and len(note) > MAX_NOTE:
             raise TaskError("bad_note", f"note must be at most {MAX_NOTE} characters")
+        before = await self.get(task_id)
+        if before is None:
+            raise TaskError("no_such_task", f"no task {task_id}")
+        if before.status != OPEN:
+            raise TaskError("not_open", f"task {task_id} is {before.status} already")
         await self.store.write((
             "UPDATE callback_tasks SET status = 'closed', closed_at = ?, closed_by = ?, close_reason = ?, "
             "close_note = ?, updated_at = ? WHERE task_id = ? AND status = 'open'",
             (now, by, reason, note, now, task_id),
         ))
         task = await self.get(task_id)
-        if task is None:
-            raise TaskError("no_such_task", f"no task {task_id}")
-        if task.status != CLOSED or task.closed_by != by or task.closed_at != now:
+        assert task is not None  # tasks are never deleted
+        # Reached or closed by someone else between the read and the write:
+        if (task.status, task.closed_by, task.closed_at, task.close_reason) != (CLOSED, by, now, reason):
             raise TaskError("not_open", f"task {task_id} is {task.status} already")
         return task
 

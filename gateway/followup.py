@@ -84,6 +84,13 @@ class Followup:
     def _shop(self, shop_id: str | None, at: float) -> Shop | None:
         return self.plans.at(at).shops.get(shop_id) if shop_id else None
 
+    def task_json(self, task: CallbackTask, now: float) -> dict[str, Any]:
+        """A task as the API and notices show it: with its shop's name and time
+        zone, for pages that show times as the shop sees them."""
+        shop = self.plans.current.shops.get(task.shop) if task.shop else None
+        return {**task.to_json(now), "shop_name": shop.name if shop else task.shop,
+                "timezone": shop.timezone if shop else self.kpi.timezone}
+
     # -- the SLA watch -------------------------------------------------------------
 
     async def check_sla(self) -> list[CallbackTask]:
@@ -102,7 +109,7 @@ class Followup:
                 if self.hub is not None:
                     for login in people:
                         self.hub.notify(login, {"type": "notice", "kind": "callback_overdue",
-                                                "task": task.to_json(now)})
+                                                "task": self.task_json(task, now)})
             return due
 
     async def watch(self, every: float = SLA_CHECK_SECONDS) -> None:

@@ -59,7 +59,8 @@ async def list_callbacks(request: web.Request) -> web.StreamResponse:
     except StoreError as exc:
         raise _unavailable("listing callback tasks", exc) from None
     now = request.app[CLOCK]()
-    return web.json_response({"tasks": [t.to_json(now) for t in tasks], "close_reasons": list(CLOSE_REASONS)})
+    return web.json_response({"tasks": [followup.task_json(t, now) for t in tasks],
+                              "close_reasons": list(CLOSE_REASONS)})
 
 
 async def close_callback(request: web.Request) -> web.StreamResponse:
@@ -86,7 +87,7 @@ async def close_callback(request: web.Request) -> web.StreamResponse:
     except StoreError as exc:
         raise _unavailable("closing a callback task", exc) from None
     log.info("callback task %d closed by %s: %s", task_id, user.login, reason)
-    return web.json_response(closed.to_json(request.app[CLOCK]()))
+    return web.json_response(followup.task_json(closed, request.app[CLOCK]()))
 
 
 def _when(value: Any, now: float) -> float:

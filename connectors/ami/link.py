@@ -239,8 +239,8 @@ class AmiLink:
         self._connected.set()
         self._attempted.set()
         pinger = asyncio.create_task(self._keepalive(writer), name="ami-ping")
+        resync = asyncio.create_task(self._after_login(writer), name="ami-resync")
         try:
-            resync = asyncio.create_task(self._after_login(writer), name="ami-resync")
             await asyncio.wait([pinger, resync], return_when=asyncio.FIRST_COMPLETED)
             if not resync.done():
                 resync.cancel()
@@ -251,8 +251,10 @@ class AmiLink:
                 await self._on_login(self)
             await pinger  # raises when two pings go unanswered
         finally:
+            # Also when we are cancelled mid-resync (close()): nothing left running unawaited.
             pinger.cancel()
-            await asyncio.gather(pinger, return_exceptions=True)
+            resync.cancel()
+            await asyncio.gather(pinger, resync, return_exceptions=True)
 
     async def _read_banner(self, reader: asyncio.StreamReader, codec: AmiCodec) -> str:
         s = self.settings
