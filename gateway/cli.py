@@ -391,8 +391,11 @@ def demo_plan() -> NumberPlan:
     """The reference plan of the captures and the demo PBX."""
     from gateway.numberplan import Line, Shop
 
-    a = Shop("A", "Магазин A", caller_id="+74950000001", supervisor="olga")
-    b = Shop("B", "Shop B", caller_id="+74950000002", supervisor="olga")
+    # Short SLAs, so the demo shows overdue missed calls and their notices within minutes.
+    a = Shop("A", "Магазин A", caller_id="+74950000001", supervisor="olga", default_owner="anna",
+             callback_sla_minutes=3)
+    b = Shop("B", "Shop B", caller_id="+74950000002", supervisor="olga", default_owner="boris",
+             callback_sla_minutes=5)
     lines = [Line("+74950000001", a, "direct"), Line("+74950000002", b, "direct"),
              Line("+74950000003", a, "yandex"), Line("+74950000004", b, "avito")]
     return NumberPlan(shops={"A": a, "B": b}, lines={line.number: line for line in lines}, default_shop="A")

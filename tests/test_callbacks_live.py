@@ -27,7 +27,7 @@ from crm_bridge.callback_tasks import CallbackTask
 from gateway.numberplan import PlanBook
 from tests.conftest import CAPTURES
 from tests.harness import PASSWORD, Harness
-from tests.test_hub import FakeClock, tab
+from tests.test_hub import FakeClock, play_until, rings, tab
 from tests.test_numberplan import example_plan
 
 MISSED_CALLER = "+79161110002"  # b_missed: rings 101 for 23 s, nobody answers
@@ -273,7 +273,36 @@ async def test_the_caller_card_counts_his_open_missed_calls(h: Harness) -> None:
     async with tab(h, "anna") as anna:
         at = datetime(2026, 11, 27, 9, 1, tzinfo=MSK).timestamp()
         scenario = stamped(CallFactory().direct_answered(MISSED_CALLER, "Missed Caller", SHOP_A, "101"), at)
-        player = asyncio.create_task(h.ami.play(scenario, speed=0))
+        rest = await play_until(h, scenario, rings("101"))
         update = await anna.until(lambda f: f["type"] == "update" and f["card"]["recent_calls"] is not None)
         assert update["card"]["open_missed_calls"] == 1
-        await player
+        await h.ami.play(rest, speed=0)
+        await h.wait_records(2)
+        await h.gateway.drain()
+    assert [t.status for t in await tasks(h)] == ["reached"]  # he was answered: no longer open
+
+
+async def test_the_demo_misses_calls_and_calls_them_back(tmp_path: Path) -> None:
+    import random
+
+    from connectors.ami.demo_pbx import DemoPbx
+    from gateway.cli import demo_plan
+
+    async with Harness(tmp_path, plans=PlanBook(demo_plan())) as h:
+        demo = DemoPbx(h.ami, rng=random.Random(3))
+        for n in range(1, 81):  # one call after the other, as the demo's 4 s interval mostly plays them
+            await asyncio.wait_for(demo.run(interval=0, speed=0, calls=n), 10)
+            await h.wait_records(n)
+        await h.gateway.drain()
+        every = await tasks(h)
+        by_call = {r.call_id: r for r in h.records}
+    reached = [t for t in every if t.status == "reached"]
+    assert every and reached, [(t.phone, t.status) for t in every]
+    assert any(t.close_reason == "called_back" for t in reached)
+    for task in reached:
+        closing = by_call[task.closed_call_id or ""]
+        assert (closing.outcome, closing.customer) == ("answered", task.phone)
+        assert task.owner in ("anna", "boris")  # the demo shops' default owners (or the caller's manager)
+    # Every missed or abandoned inbound call with a number is an attempt of exactly one task.
+    missed = {r.call_id for r in h.records if r.direction == "inbound" and r.outcome in ("missed", "abandoned")}
+    assert sum(t.attempts for t in every) == len(missed)

@@ -16,7 +16,9 @@ click-to-call events, with the action's ChannelId as the call's Linkedid.
 
 Callers come from a small pool of Russian (Cyrillic) and Latin names with
 +7916... numbers, so the same customer calls again: a missed call is later
-followed by an answered one, as in real life. ``rng`` makes the run repeatable.
+followed by an answered one, as in real life. Now and then an agent calls a
+customer back whose call was missed (the oldest one waiting), so the demo's
+missed-call tasks close by themselves. ``rng`` makes the run repeatable.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import deque
 from collections.abc import Callable
 from typing import Final
 
@@ -82,6 +85,7 @@ class DemoPbx:
         self.calls_started = 0
         """Random calls started by ``run`` (click-to-calls a client asked for not counted)."""
         self._tasks: set[asyncio.Task[None]] = set()
+        self._missed: deque[str] = deque(maxlen=20)  # customers waiting for a call back, oldest first
         # (weight, builder): the mix of calls a small sales team sees.
         self._kinds: list[tuple[int, Callable[[], Scenario]]] = [
             (28, self._direct_answered),
@@ -97,6 +101,7 @@ class DemoPbx:
             (3, self._attended_transfer),
             (2, self._redirect),
             (5, self._click_to_call),
+            (6, self._call_back),
         ]
 
     async def run(self, *, interval: float = 6.0, speed: float = 1.0, calls: int | None = None) -> None:
@@ -203,6 +208,13 @@ class DemoPbx:
     def _customer(self) -> tuple[str, str]:
         return self.rng.choice(CUSTOMERS)
 
+    def _missed_customer(self) -> tuple[str, str]:
+        """A customer whose call will not be answered: remembered for a call back."""
+        number, name = self._customer()
+        if number not in self._missed:
+            self._missed.append(number)
+        return number, name
+
     def _talk(self) -> float:
         return self._uniform(8.0, 90.0)
 
@@ -213,11 +225,11 @@ class DemoPbx:
         )
 
     def _direct_missed(self) -> Scenario:
-        number, name = self._customer()
+        number, name = self._missed_customer()
         return self.factory.direct_missed(number, name, SHOP_A, "101")
 
     def _abandoned_ringing(self) -> Scenario:
-        number, name = self._customer()
+        number, name = self._missed_customer()
         return self.factory.abandoned_ringing(number, name, SHOP_A, "101", ring=self._uniform(2.0, 15.0))
 
     def _busy(self) -> Scenario:
@@ -233,7 +245,7 @@ class DemoPbx:
         )
 
     def _ring_group_missed(self) -> Scenario:
-        number, name = self._customer()
+        number, name = self._missed_customer()
         return self.factory.ring_group(number, name, self.rng.choice((SHOP_B, AVITO)), RING_GROUP, answering=None)
 
     def _queue_answered(self) -> Scenario:
@@ -244,11 +256,11 @@ class DemoPbx:
         )
 
     def _queue_abandoned(self) -> Scenario:
-        number, name = self._customer()
+        number, name = self._missed_customer()
         return self.factory.queue(number, name, YANDEX, QUEUE_MEMBERS, abandon_after=self._uniform(3.0, 30.0))
 
     def _queue_timeout(self) -> Scenario:
-        number, name = self._customer()
+        number, name = self._missed_customer()
         return self.factory.queue(number, name, YANDEX, QUEUE_MEMBERS, timeout=self._uniform(20.0, 40.0))
 
     def _transfer_agents(self) -> tuple[str, str]:
@@ -289,6 +301,20 @@ class DemoPbx:
             agent, number, outcid,
             channel_id=f"c2c-{self.rng.getrandbits(48):012x}",
             answered=self.rng.random() < 0.8,
+            agent_ring=self._uniform(1.0, 3.0),
+            ring=self._uniform(2.0, 8.0),
+            talk=self._talk(),
+        )
+
+    def _call_back(self) -> Scenario:
+        """An agent calls back the customer missed longest ago; he answers."""
+        if not self._missed:
+            return self._click_to_call()
+        number = self._missed.popleft()
+        return self.factory.click_to_call(
+            self.rng.choice(AGENTS), number, self.rng.choice((SHOP_A, SHOP_B)),
+            channel_id=f"c2c-{self.rng.getrandbits(48):012x}",
+            answered=True,
             agent_ring=self._uniform(1.0, 3.0),
             ring=self._uniform(2.0, 8.0),
             talk=self._talk(),
