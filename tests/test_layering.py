@@ -8,6 +8,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CORE = {"gateway.events", "gateway.effects", "gateway.record", "gateway.tracker"}
+# Rules that work on call records (missed calls, KPI) and the plain data they read: pure too.
+RULES = {"gateway.callbacks", "gateway.kpi", "gateway.numberplan", "gateway.users"}
 OURS = ("gateway", "connectors", "crm_bridge", "recordings", "dashboards")
 IO_LIBRARIES = {"asyncio", "aiohttp", "aiosqlite", "sqlite3", "socket", "time", "os", "logging"}
 
@@ -30,6 +32,15 @@ def test_core_imports_only_core_and_no_io() -> None:
             assert top not in IO_LIBRARIES, f"{module} imports {name}: the core does no I/O and keeps no clock"
             if top in OURS:
                 assert name in CORE, f"{module} imports {name}: the core depends on nothing of ours outside it"
+
+
+def test_rules_on_call_records_are_pure() -> None:
+    for module in RULES:
+        for name in _imports(module):
+            top = name.split(".")[0]
+            assert top not in IO_LIBRARIES, f"{module} imports {name}: rules do no I/O and keep no clock"
+            if top in OURS:
+                assert name in CORE | RULES, f"{module} imports {name}: rules depend only on the core and rules"
 
 
 def test_connectors_do_not_import_the_service() -> None:
