@@ -26,6 +26,7 @@ from crm_bridge.vip_plan import vip_contacts
 from gateway.callbacks import Attempt, Reach, sla_deadline, touch
 from gateway.hub import Hub
 from gateway.kpi import CALLBACK_IN_SLA, KpiRules, VipPlan, call_credits, day_bounds, kpi_report, period_bounds
+from gateway.metrics import Metrics
 from gateway.numberplan import PlanBook, Shop
 from gateway.record import CallRecord, iso
 from gateway.users import Directory, Role, User
@@ -46,6 +47,7 @@ class Followup:
         kpi: KpiRules | None = None,
         vip: VipPlan | None = None,
         hub: Hub | None = None,
+        metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -54,6 +56,7 @@ class Followup:
         self.kpi = kpi or KpiRules()
         self.vip = vip or VipPlan()
         self.hub = hub
+        self.metrics = metrics or (hub.metrics if hub else Metrics())
         self.clock = clock
         self.tasks = CallbackTasks(store)
         self.interactions = Interactions(store)
@@ -101,6 +104,7 @@ class Followup:
             if not due:
                 return []
             await self.tasks.mark_escalated([t.task_id for t in due], now)
+            self.metrics.callbacks_escalated.inc(len(due))
             for task in due:
                 shop = self.plans.current.shops.get(task.shop) if task.shop else None
                 people = dict.fromkeys(p for p in (task.owner, shop.supervisor if shop else None) if p)

@@ -20,7 +20,8 @@ class Metrics:
                                     registry=r)
         self.live_calls = Gauge("cti_live_calls", "Calls in progress", registry=r)
         self.calls_finished = Counter("cti_calls_finished", "Calls finished, by outcome", ["outcome"], registry=r)
-        self.connected_agents = Gauge("cti_hub_connected_agents", "Agents with at least one websocket", registry=r)
+        self.connected_agents = Gauge("cti_hub_connected_agents",
+                                      "People (agents, managers, admins) with at least one websocket", registry=r)
         self.pops = Counter("cti_hub_pops", "Pops sent (one per ringing agent phone)", registry=r)
         self.pop_latency = Histogram(
             "cti_hub_pop_latency_seconds", "From the ringing event's arrival to the pop frame queued",
@@ -28,3 +29,5 @@ class Metrics:
         )
         self.slow_clients_dropped = Counter("cti_hub_slow_clients_dropped",
                                             "Websocket connections dropped for falling behind", registry=r)
+        self.callbacks_escalated = Counter("cti_callbacks_escalated",
+                                           "Missed-call tasks escalated for passing their SLA", registry=r)

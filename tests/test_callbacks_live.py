@@ -183,6 +183,7 @@ async def test_sla_breach_escalates_once_to_owner_and_supervisor(h: Harness) -> 
             assert [f for f in await person.quiet() if f["type"] == "notice"] == []
     (flagged,) = await tasks(h)
     assert flagged.escalated_at == B_MISSED_DUE + 1 and flagged.status == "open"
+    assert h.metrics.registry.get_sample_value("cti_callbacks_escalated_total") == 1
 
 
 # -- the API: who sees and closes what --------------------------------------------------
