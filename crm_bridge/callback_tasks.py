@@ -110,7 +110,9 @@ def _task(row: sqlite3.Row | Sequence[Any]) -> CallbackTask:
 
 def attempt_statements(attempt: Attempt, *, default_owner: str | None, due_at: float, now: float) -> list[Statement]:
     """Open a task for the caller (owner: his manager, else ``default_owner``)
-    or join the one open, and count the attempt. A blacklisted caller gets no task."""
+    or join the one open, and count the attempt; a call that reached him
+    after it, stored earlier, closes the task at once. A blacklisted caller
+    gets no task."""
     return [
         (
             "INSERT INTO callback_tasks (phone, status, shop, channel, owner, first_attempt_at, last_attempt_at, "
@@ -136,28 +138,50 @@ def attempt_statements(attempt: Attempt, *, default_owner: str | None, due_at: f
             "updated_at = ? WHERE phone = ? AND status = 'open'",
             (now, attempt.phone),
         ),
+        *_close_if_reached(attempt.phone, now),
     ]
 
 
 def reach_statements(reach: Reach, *, now: float, callback_points: float | None) -> list[Statement]:
-    """Close the caller's open task (if it began before this call was
-    answered), noting who reached him, when, and whether within the SLA; with
-    ``callback_points``, credit them to whoever called back within the SLA."""
-    statements: list[Statement] = [(
-        "UPDATE callback_tasks SET status = 'reached', closed_at = ?1, closed_by = ?2, close_reason = ?3, "
-        "closed_call_id = ?4, callback_seconds = max(0, ?1 - first_attempt_at), within_sla = (?1 <= due_at), "
-        "updated_at = ?5 WHERE phone = ?6 AND status = 'open' AND first_attempt_at <= ?1",
-        (reach.at, reach.by, reach.reason, reach.call_id, now, reach.phone),
-    )]
-    if callback_points is not None and reach.by is not None and reach.reason == CALLED_BACK:
-        statements.append((
+    """Note that the customer was reached, and close his open task (if it
+    began before this call was answered) with who, when, how long the
+    callback took and whether within the SLA. ``callback_points`` go to
+    whoever called back within the SLA (None: nobody gets points for it)."""
+    points = callback_points if reach.reason == CALLED_BACK and reach.by is not None else None
+    return [
+        ("INSERT INTO callback_reaches (call_id, phone, at, by, reason, points) VALUES (?, ?, ?, ?, ?, ?) "
+         "ON CONFLICT (call_id) DO NOTHING",
+         (reach.call_id, reach.phone, reach.at, reach.by, reach.reason, points)),
+        *_close_if_reached(reach.phone, now),
+    ]
+
+
+_FIRST_REACH = (
+    "FROM callback_reaches AS r WHERE r.phone = callback_tasks.phone AND r.at >= callback_tasks.first_attempt_at "
+    "ORDER BY r.at, r.call_id LIMIT 1"
+)
+
+
+def _close_if_reached(phone: str, now: float) -> list[Statement]:
+    """Close the phone's open task by the first call that reached him after
+    its first attempt, whichever record came in first; credit the callback."""
+    return [
+        (
+            "UPDATE callback_tasks SET (status, closed_at, closed_by, close_reason, closed_call_id, callback_seconds, "
+            "within_sla, updated_at) = (SELECT 'reached', r.at, r.by, r.reason, r.call_id, "
+            f"max(0, r.at - callback_tasks.first_attempt_at), r.at <= callback_tasks.due_at, ?1 {_FIRST_REACH}) "
+            f"WHERE phone = ?2 AND status = 'open' AND EXISTS (SELECT 1 {_FIRST_REACH})",
+            (now, phone),
+        ),
+        (
             "INSERT INTO interactions (login, kind, at, points, call_id, dedup_key) "
-            "SELECT ?1, ?2, ?3, ?4, ?5, ?2 || ':' || ?5 || ':' || ?1 FROM callback_tasks "
-            "WHERE closed_call_id = ?5 AND status = 'reached' AND within_sla = 1 LIMIT 1 "
+            "SELECT r.by, ?1, r.at, r.points, r.call_id, ?1 || ':' || r.call_id || ':' || r.by "
+            "FROM callback_tasks AS t JOIN callback_reaches AS r ON r.call_id = t.closed_call_id "
+            "WHERE t.phone = ?2 AND t.status = 'reached' AND t.within_sla AND r.points IS NOT NULL "
             "ON CONFLICT (dedup_key) DO NOTHING",
-            (reach.by, CALLBACK_IN_SLA, reach.at, callback_points, reach.call_id),
-        ))
-    return statements
+            (CALLBACK_IN_SLA, phone),
+        ),
+    ]
 
 
 # -- reads and changes by people ------------------------------------------------------

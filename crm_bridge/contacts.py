@@ -322,15 +322,16 @@ class Contacts:
         the writer, to run with the call's record."""
         now, t = self._clock(), record.started_at
         statements = _ensure_lead(number, now)
-        # source_channel and first_shop follow the earliest call, so handling
-        # calls out of order converges to the same contact; the WHERE keeps a
+        # source_channel and first_shop follow the earliest call that has them
+        # (a first call placed from a desk phone has no shop), so handling calls
+        # out of order converges to the same contact; the WHERE keeps a
         # repeated record from touching updated_at.
         statements.append((
             "UPDATE contacts SET "
             "source_channel = CASE WHEN first_call_at IS NULL OR ?1 < first_call_at "
-            "THEN coalesce(?2, source_channel) ELSE source_channel END, "
+            "THEN coalesce(?2, source_channel) ELSE coalesce(source_channel, ?2) END, "
             "first_shop = CASE WHEN first_call_at IS NULL OR ?1 < first_call_at "
-            "THEN coalesce(?3, first_shop) ELSE first_shop END, "
+            "THEN coalesce(?3, first_shop) ELSE coalesce(first_shop, ?3) END, "
             "first_call_at = min(coalesce(first_call_at, ?1), ?1), "
             "last_call_at = max(coalesce(last_call_at, ?1), ?1), "
             "updated_at = ?4 "

@@ -159,7 +159,7 @@ MIGRATIONS: list[tuple[int, str]] = [
         # - callback_tasks: one per missed customer until he is reached; at most
         #   one open per phone (the partial unique index), attempts counted from
         #   callback_attempts, which is keyed by call so a record handled twice
-        #   counts once;
+        #   counts once; callback_reaches: the calls that reached a customer;
         # - interactions: KPI points, one row per (kind, call, agent) for those
         #   counted from calls, per client request id for those posted by hand.
         """
@@ -197,6 +197,18 @@ MIGRATIONS: list[tuple[int, str]] = [
             outcome TEXT NOT NULL
         );
         CREATE INDEX callback_attempts_task ON callback_attempts (task_id);
+        -- Answered calls with a customer, kept so that a missed call whose
+        -- record comes in after the call that reached him (webhooks can be
+        -- late) still finds it and closes at once.
+        CREATE TABLE callback_reaches (
+            call_id TEXT PRIMARY KEY,
+            phone   TEXT NOT NULL,
+            at      REAL NOT NULL,   -- when he answered or was answered
+            by      TEXT,            -- the agent's login (or extension)
+            reason  TEXT NOT NULL,   -- called_back | called_in
+            points  REAL             -- callback_in_sla points for "by", if within the SLA; NULL: none
+        );
+        CREATE INDEX callback_reaches_phone ON callback_reaches (phone, at);
         CREATE TABLE interactions (
             interaction_id INTEGER PRIMARY KEY,
             login       TEXT NOT NULL,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from gateway.numberplan import Shop
@@ -104,7 +104,9 @@ def sla_deadline(shop: Shop | None, start: float, seconds: float) -> float:
         window = None if day in shop.holidays else shop.hours[day.weekday()]
         if window is not None:
             opens = datetime.combine(day, window[0], zone).timestamp()
-            closes = datetime.combine(day, window[1], zone).timestamp()
+            # "until midnight" is stored as the last microsecond of the day
+            closes = (datetime.combine(day + timedelta(days=1), time(0), zone) if window[1] == time.max
+                      else datetime.combine(day, window[1], zone)).timestamp()
             begin = max(opens, start)
             if begin < closes:
                 if begin + remaining <= closes:

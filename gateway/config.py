@@ -8,6 +8,7 @@ out of ``repr`` so they cannot reach a log.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from datetime import date, time
@@ -125,6 +126,8 @@ class _Reader:
             value = float(value)
         if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
             raise self._fail(key, expected, value)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self._fail(key, expected, value)  # TOML allows nan and inf
         return value
 
     def text(self, key: str, default: str | None = None, *, required: bool = False) -> str:
@@ -256,7 +259,7 @@ def _kpi(r: _Reader) -> KpiRules:
     for kind, value in points_raw.items():
         if not isinstance(kind, str) or not kind.replace("_", "").isalnum() or len(kind) > 40:
             raise r._fail("points", "kinds made of letters, digits and '_' (like meeting = 10)", kind)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
             raise r._fail(f"points.{kind}", "a number of points >= 0", value)
         points[kind] = float(value)
     target = r.get("daily_target", float, 20.0, "points a day, a number >= 0")
@@ -312,7 +315,7 @@ def _window(r: _Reader, key: str, text: str) -> tuple[time, time] | None:
     except ValueError:
         raise r._fail(key, 'hours like "09:00-21:00" or "closed"', text) from None
     if closes == time(0):
-        closes = time(23, 59, 59, 999999)  # "09:00-24:00" or "-00:00": until midnight
+        closes = time.max  # "09:00-24:00" or "-00:00": until midnight
     if not opens < closes:
         raise r._fail(key, "an opening time before the closing time", text)
     return (opens, closes)

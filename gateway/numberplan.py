@@ -22,7 +22,8 @@ class Shop:
     name: str
     caller_id: str | None = None  # the number customers see when we call them
     timezone: str = "Europe/Moscow"
-    hours: tuple[tuple[time, time] | None, ...] = ((time(0), time(23, 59, 59)),) * 7  # per weekday, None: closed
+    # per weekday, None: closed; the default is all day, as "00:00-24:00" in the config reads
+    hours: tuple[tuple[time, time] | None, ...] = ((time(0), time.max),) * 7
     holidays: frozenset[date] = frozenset()
     supervisor: str | None = None  # a user's login
     default_owner: str | None = None  # owns callback tasks of callers who have no manager

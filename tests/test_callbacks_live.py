@@ -102,6 +102,23 @@ async def test_missed_then_called_back_by_another_agent(h: Harness) -> None:
     assert sorted((i.login, i.kind) for i in points) == [("boris", "callback_in_sla"), ("boris", "outbound_call")]
 
 
+async def test_a_callback_stored_before_the_missed_call_still_closes_its_task(h: Harness) -> None:
+    # Records can come in late (webhooks, a replay): the callback at 09:10 first, then the miss at 02:39.
+    callback_at = datetime(2026, 11, 27, 9, 10, tzinfo=MSK).timestamp()
+    await play(h, CallFactory().click_to_call("102", MISSED_CALLER, SHOP_A, channel_id="c2c-early", answered=True),
+               callback_at)
+    assert await tasks(h) == []
+    await capture(h, "b_missed")
+    back, missed = h.records[-2:]
+    (task,) = await tasks(h)
+    assert (task.status, task.closed_by, task.closed_call_id, task.within_sla) == ("reached", "boris", back.call_id,
+                                                                                  True)
+    assert back.answered_at is not None and missed.ended_at is not None
+    assert task.callback_seconds == pytest.approx(back.answered_at - missed.ended_at)
+    kinds = sorted(i.kind for i in await h.followup.interactions.between(0, 2e9))
+    assert kinds == ["callback_in_sla", "outbound_call"]
+
+
 async def test_missed_twice_is_one_task_with_two_attempts(h: Harness) -> None:
     await capture(h, "b_missed")
     second_at = datetime(2026, 11, 27, 8, 0, tzinfo=MSK).timestamp()

@@ -52,6 +52,11 @@ def test_example_config_is_valid() -> None:
          "[users #1] password_hash: expected a hash made by `cti-gateway hash-password`"),
         (GOOD_AMI + "[[users]]\nlogin = 'a'\nrole = 'marketer'\nextensions = ['101']\npassword_hash = 'scrypt$1$2$3$4$5'\n",
          "[users #1] extensions: expected no extensions"),
+        # TOML has nan and inf; no count, target or price may be one.
+        (GOOD_AMI + "[kpi]\ndaily_target = nan\n", "[kpi] daily_target: expected points a day, a number >= 0, got nan"),
+        (GOOD_AMI + "[kpi]\npoints = { meeting = inf }\n", "[kpi] points.meeting: expected a number of points >= 0"),
+        (GOOD_AMI + "[[users]]\nlogin = 'a'\nrole = 'agent'\ndaily_target = -inf\npassword_hash = 'scrypt$1$2$3$4$5'\n",
+         "[users #1] daily_target: expected KPI points a day, a number >= 0, got -inf"),
     ],
 )
 def test_errors_name_file_key_and_expectation(tmp_path: Path, text: str, expected: str) -> None:

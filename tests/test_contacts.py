@@ -638,3 +638,15 @@ async def test_http_import_refuses_bad_bodies(api: Api, store: Store) -> None:
     status, body = await post(chunked(), "text/csv")
     assert (status, body["error"]) == (413, "too_large")
     assert (await store.read("SELECT count(*) FROM contacts"))[0][0] == 0
+
+
+async def test_a_first_call_without_a_shop_lets_a_later_call_give_shop_and_channel(contacts: Contacts) -> None:
+    # He was first called from a desk phone (no click-to-call: no shop), then he called shop B's avito line.
+    base = one("a_answered")
+    cold = replace(base, call_id="o1", direction="outbound", caller="101", dialled="+79160000002",
+                   started_at=base.started_at)
+    later = replace(base, call_id="i1", caller="+79160000002", started_at=base.started_at + 86400)
+    await contacts.on_call_finished(cold, shop=None, channel=None, manager_of=manager_of)
+    contact = await contacts.on_call_finished(later, shop="B", channel="avito", manager_of=manager_of)
+    assert contact is not None
+    assert (contact.first_shop, contact.source_channel, contact.first_call_at) == ("B", "avito", base.started_at)

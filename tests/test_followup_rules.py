@@ -501,3 +501,11 @@ def test_a_user_with_his_own_target_keeps_the_rest_of_his_record(tmp_path: Path)
     anna = config.users[0]
     assert replace(anna, daily_target=None) == User("anna", "anna", Role.AGENT, HASH, team="sales",
                                                     extensions=("101",))
+
+
+
+def test_an_all_day_shop_counts_midnight_without_losing_a_moment() -> None:
+    shop = Shop("X", "X")  # default hours: all day, every day
+    start = datetime(2027, 3, 3, 23, 50, tzinfo=ZoneInfo("Europe/Moscow")).timestamp()
+    assert sla_deadline(shop, start, 1800) == datetime(2027, 3, 4, 0, 20, tzinfo=ZoneInfo("Europe/Moscow")).timestamp()
+    assert shop.is_open(start + 599.5)  # 23:59:59.5
