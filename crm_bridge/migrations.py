@@ -224,6 +224,31 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX interactions_by_login ON interactions (login, at);
         """,
     ),
+    (
+        8,
+        # Webhooks from cloud PBXs, stored before they are acknowledged: a 2xx
+        # means the request is on disk. The provider's own key of an event
+        # (dedup_key) absorbs duplicate deliveries; call_key groups a call's
+        # events so the call can be rebuilt from them after a restart; done is
+        # set once the call's record is stored.
+        """
+        CREATE TABLE webhook_inbox (
+            inbox_id    INTEGER PRIMARY KEY,
+            provider    TEXT NOT NULL,
+            account     TEXT NOT NULL,
+            dedup_key   TEXT NOT NULL,
+            call_key    TEXT,            -- NULL: an event of no call (a ping, a command result)
+            received_at REAL NOT NULL,
+            path        TEXT NOT NULL,   -- below the account's prefix, e.g. "events/call"
+            query       TEXT NOT NULL,   -- the raw query string
+            body        BLOB NOT NULL,   -- the raw body, as signed
+            done        INTEGER NOT NULL DEFAULT 0,
+            UNIQUE (provider, account, dedup_key)
+        );
+        CREATE INDEX webhook_inbox_call ON webhook_inbox (provider, account, call_key);
+        CREATE INDEX webhook_inbox_pending ON webhook_inbox (done, inbox_id);
+        """,
+    ),
 ]
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

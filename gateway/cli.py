@@ -39,6 +39,8 @@ from gateway.metrics import Metrics
 from gateway.numberplan import NumberPlan, PlanBook
 from gateway.presence import Presence
 from gateway.routing import Router
+from gateway.webhooks import Webhooks, connectors_for
+from crm_bridge.inbox import Inbox
 from gateway.record import CallRecord
 from gateway.replay import replay_capture
 from gateway.service import Gateway
@@ -283,6 +285,9 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
     add_contact_routes(app)
     app[FOLLOWUP] = followup
     add_followup_routes(app)
+    webhooks = Webhooks(gateway, Inbox(store), connectors_for(config.webhooks, own_url=f"http://{http.host}:{http.port}"))
+    webhooks.add_routes(app, router.decide)
+    await webhooks.recover()  # calls a crash left half-done, from the inbox
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, http.host, http.port)
@@ -321,6 +326,7 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
     link.start()
     consumer = asyncio.create_task(gateway.consume_ami(link, normaliser), name="ami-consumer")
     sla_watch = asyncio.create_task(followup.watch(), name="sla-watch")
+    webhook_consumer = asyncio.create_task(webhooks.run(), name="webhooks")
     log.info("gateway running: AMI %s:%s, HTTP http://%s:%s/, store %s", settings.host, settings.port,
              http.host, port, config.store.path)
     if started is not None:
@@ -338,7 +344,14 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
         sla_watch.cancel()
         await asyncio.gather(consumer, sla_watch, return_exceptions=True)
         await gateway.drain()
-        await runner.cleanup()
+        await runner.cleanup()  # no new webhooks...
+        try:
+            await asyncio.wait_for(webhooks.idle(), 10)  # ...and the stored ones processed
+        except asyncio.TimeoutError:
+            log.warning("webhooks still queued at shutdown: they are rebuilt from the inbox at the next start")
+        webhook_consumer.cancel()
+        await asyncio.gather(webhook_consumer, return_exceptions=True)
+        await gateway.drain()
         await store.close()
     return 0
 

@@ -8,6 +8,7 @@ out of ``repr`` so they cannot reach a log.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import tomllib
@@ -89,6 +90,36 @@ class AgentConfig:
     devices: tuple[str, ...]
 
 
+# The secrets each cloud PBX signs with (``{name}_env`` / ``{name}_file`` in its account table).
+PROVIDER_SECRETS: Mapping[str, tuple[tuple[str, str], ...]] = {
+    "zadarma": (("secret", "the account's API secret (Zadarma: Settings > API)"),),
+    "novofon": (("secret", "the account's API secret (Novofon: Settings > API)"),),
+    "mango": (("key", "the VPBX API key (vpbx_api_key)"), ("salt", "the VPBX API salt (signing key)")),
+    "sipuni": (("url_token", "a long random token that goes into the URL set in Sipuni"),),
+    "twilio": (("auth_token", "the account's Auth Token"),),
+}
+
+
+@dataclass(frozen=True)
+class WebhookAccount:
+    """One account of a cloud PBX: its URL is /webhooks/{provider}/{name}/..."""
+
+    provider: str
+    name: str
+    secrets: Mapping[str, Secret]
+    allowed_ips: tuple[str, ...] = ()  # networks the provider calls from; empty: any
+    timezone: str = "Europe/Moscow"  # for providers whose times carry no zone (Zadarma)
+    api_base_url: str | None = None  # where commands go (Mango's commands/route)
+    route_deadline_ms: int = 1000  # a routing reply later than this carries no route
+    public_url: str | None = None  # the URL the provider calls when a proxy maps it elsewhere
+
+
+@dataclass(frozen=True)
+class WebhooksConfig:
+    public_base_url: str | None = None  # the gateway as providers reach it (signatures over URLs)
+    accounts: tuple[WebhookAccount, ...] = ()
+
+
 @dataclass(frozen=True)
 class Config:
     source: Path | None
@@ -101,6 +132,7 @@ class Config:
     routing: RoutingConfig = RoutingConfig()
     kpi: KpiRules = KpiRules()
     vip: VipPlan = VipPlan()
+    webhooks: WebhooksConfig = field(default_factory=lambda: WebhooksConfig())
 
     def agent_devices(self) -> dict[str, str]:
         """Device name -> extension, for the AMI channel classifier."""
@@ -172,7 +204,8 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
 def parse_config(data: Mapping[str, Any], *, source: Path | None, environ: Mapping[str, str]) -> Config:
     where = str(source) if source else "<config>"
     base = source.parent if source else Path.cwd()
-    known = {"ami", "http", "store", "agents", "users", "shops", "numbers", "plan", "routing", "kpi", "vip"}
+    known = {"ami", "http", "store", "agents", "users", "shops", "numbers", "plan", "routing", "kpi", "vip",
+             "webhooks"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{where}: [{key}]: unknown section (known: {', '.join(sorted(known))})")
@@ -250,7 +283,51 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None, environ: Mappi
     )
     r.check_unknown()
     return Config(source=source, ami=ami, http=http, store=store, agents=agents, users=users, plan=plan,
-                  routing=routing, kpi=_kpi(table("kpi")), vip=_vip(table("vip")))
+                  routing=routing, kpi=_kpi(table("kpi")), vip=_vip(table("vip")),
+                  webhooks=_webhooks(data.get("webhooks", {}), where, base, environ))
+
+
+def _webhooks(data: Any, where: str, base: Path, environ: Mapping[str, str]) -> WebhooksConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: [webhooks]: expected a table, got {data!r}")
+    top = _Reader(where, {k: v for k, v in data.items() if k not in PROVIDER_SECRETS}, "webhooks")
+    public = top.get("public_base_url", str, None, 'the public URL of the gateway, like "https://gw.example.com"')
+    if public is not None and (not public.startswith(("https://", "http://")) or public.count("/") != 2):
+        raise top._fail("public_base_url", 'a URL like "https://gw.example.com" (scheme and host, no path)', public)
+    top.check_unknown()
+    accounts: list[WebhookAccount] = []
+    for provider, secret_names in PROVIDER_SECRETS.items():
+        seen: set[str] = set()
+        for r in _table_list(data, provider, where):
+            r.name = f"webhooks.{provider} #{r.name.split('#')[1]}"
+            name = r.text("name", required=True)
+            if not name.replace("-", "").replace("_", "").isalnum() or len(name) > 40:
+                raise r._fail("name", "letters, digits, '-' or '_' (it is part of the URL)", name)
+            if name in seen:
+                raise r._fail("name", f"a name not used by another {provider} account", name)
+            seen.add(name)
+            secrets = {key: _secret(r, base, environ, key, what) for key, what in secret_names}
+            allowed = tuple(_strings(r, "allowed_ips", (), 'a list of addresses or networks like "185.45.152.40/30"'))
+            for net in allowed:
+                try:
+                    ipaddress.ip_network(net, strict=False)
+                except ValueError:
+                    raise r._fail("allowed_ips", 'addresses or networks like "185.45.152.40/30"', net) from None
+            deadline = r.get("route_deadline_ms", int, 1000, "milliseconds between 50 and 10000")
+            if not 50 <= deadline <= 10000:
+                raise r._fail("route_deadline_ms", "milliseconds between 50 and 10000", deadline)
+            api = r.get("api_base_url", str, None, 'a URL like "https://app.mango-office.ru/vpbx"')
+            if api is not None and not api.startswith(("https://", "http://")):
+                raise r._fail("api_base_url", 'a URL like "https://app.mango-office.ru/vpbx"', api)
+            own = r.get("public_url", str, None, 'the URL the provider calls, like "https://gw.example.com/twilio"')
+            if own is not None and not own.startswith(("https://", "http://")):
+                raise r._fail("public_url", 'the URL the provider calls, like "https://gw.example.com/twilio"', own)
+            accounts.append(WebhookAccount(provider=provider, name=name, secrets=secrets, allowed_ips=allowed,
+                                           timezone=_zone(r, "timezone", "Europe/Moscow"),
+                                           api_base_url=api.rstrip("/") if api else None,
+                                           route_deadline_ms=deadline, public_url=own.rstrip("/") if own else None))
+            r.check_unknown()
+    return WebhooksConfig(public_base_url=public.rstrip("/") if public else None, accounts=tuple(accounts))
 
 
 def _kpi(r: _Reader) -> KpiRules:
@@ -457,22 +534,25 @@ def _target(r: _Reader) -> float | None:
     return float(target) if target is not None else None
 
 
-def _secret(r: _Reader, base: Path, environ: Mapping[str, str]) -> Secret:
-    env_name = r.get("secret_env", str, None, "the name of an environment variable")
-    file_name = r.get("secret_file", str, None, "a file path")
+def _secret(r: _Reader, base: Path, environ: Mapping[str, str], name: str = "secret",
+            what: str = "the AMI secret") -> Secret:
+    """A secret from ``{name}_env`` (an environment variable) or ``{name}_file``."""
+    env_key, file_key = f"{name}_env", f"{name}_file"
+    env_name = r.get(env_key, str, None, "the name of an environment variable")
+    file_name = r.get(file_key, str, None, "a file path")
     if env_name and file_name:
-        raise ConfigError(f"{r.where}: [{r.name}] secret_env, secret_file: set one of them, not both")
+        raise ConfigError(f"{r.where}: [{r.name}] {env_key}, {file_key}: set one of them, not both")
     if env_name:
         if env_name not in environ:
-            raise ConfigError(f"{r.where}: [{r.name}] secret_env: environment variable {env_name} is not set")
+            raise ConfigError(f"{r.where}: [{r.name}] {env_key}: environment variable {env_name} is not set")
         return Secret(environ[env_name])
     if file_name:
         secret_path = Path(file_name) if Path(file_name).is_absolute() else base / file_name
         try:
             return Secret(secret_path.read_text(encoding="utf-8").strip())
         except OSError as exc:
-            raise ConfigError(f"{r.where}: [{r.name}] secret_file: cannot read {secret_path}: {exc.strerror}") from exc
-    raise ConfigError(f"{r.where}: [{r.name}] secret_env: expected secret_env or secret_file naming the AMI secret")
+            raise ConfigError(f"{r.where}: [{r.name}] {file_key}: cannot read {secret_path}: {exc.strerror}") from exc
+    raise ConfigError(f"{r.where}: [{r.name}] {env_key}: expected {env_key} or {file_key} naming {what}")
 
 
 def _agents(items: Any, where: str) -> tuple[AgentConfig, ...]:

@@ -50,6 +50,7 @@ class RouteDecision:
     route: str | None = None  # a dial string, e.g. PJSIP/103
     fallback: str | None = None  # a dial string or a queue name
     manager: str | None = None  # the login the route leads to
+    extension: str | None = None  # ...and his extension (what a cloud PBX redirects to)
     contact_name: str | None = None
     shop: str | None = None
     channel: str | None = None
@@ -107,24 +108,25 @@ class Router:
         name = contact.name
         if contact.blacklisted:
             return RouteDecision("blacklist", contact_name=name, shop=shop, channel=channel)
-        route = self._manager_phone(contact.manager)
+        extension = self._available_extension(contact.manager)
+        route = self._dial_string(extension) if extension else None
         if contact.vip:
             fallback = self.vip_fallback
             if route is None and fallback is None:
                 return RouteDecision("default", contact_name=name, shop=shop, channel=channel)
             return RouteDecision("vip", route=route, fallback=fallback, manager=contact.manager if route else None,
-                                 contact_name=name, shop=shop, channel=channel)
+                                 extension=extension, contact_name=name, shop=shop, channel=channel)
         recent = contact.last_call_at is not None and now - contact.last_call_at <= self.sticky_seconds
         if route is not None and recent:
-            return RouteDecision("assigned_manager", route=route, manager=contact.manager, contact_name=name,
-                                 shop=shop, channel=channel)
+            return RouteDecision("assigned_manager", route=route, manager=contact.manager, extension=extension,
+                                 contact_name=name, shop=shop, channel=channel)
         return RouteDecision("default", contact_name=name, shop=shop, channel=channel)
 
-    def _manager_phone(self, login: str | None) -> str | None:
-        """The dial string of the manager's phone when he can take the call now."""
+    def _available_extension(self, login: str | None) -> str | None:
+        """The extension of the manager's phone when he can take the call now."""
         if login is None:
             return None
         user = self._directory.by_login(login)
         if user is None or not user.extensions or not self._presence.is_available(login):
             return None
-        return self._dial_string(user.extensions[0])
+        return user.extensions[0]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import replace
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from connectors.ami.link import AmiLink
@@ -35,6 +35,7 @@ from gateway.users import Directory
 log = logging.getLogger(__name__)
 
 RecordListener = Callable[[CallRecord], None]
+Statement = tuple[str, tuple[Any, ...]]
 
 
 HISTORY_TIMEOUT = 2.0  # a slow store delays the card's history, never the pop
@@ -76,15 +77,18 @@ class Gateway:
         self.metrics.live_calls.set_function(lambda: self.tracker.live_call_count)
 
     def apply(self, event: CallEvent) -> None:
+        """An event of a source that delivers in order (AMI), through the gateway's tracker."""
         for effect in self.tracker.feed(event):
-            self._carry_out(effect)
+            self.carry_out(effect)
 
-    def _carry_out(self, effect: Effect) -> None:
+    def carry_out(self, effect: Effect, *, also: Sequence[Statement] = ()) -> None:
+        """Do what the core decided. ``also``: statements to store with a
+        finished call's record (a webhook inbox marking its requests done)."""
         hub = self.hub
         if isinstance(effect, CallFinished):
             record = self._with_line(replace(effect.record, customer=e164(customer_of(effect.record), self.region)))
             self.metrics.calls_finished.labels(record.outcome).inc()
-            self._spawn(self._save(record), f"save-{record.call_id}")
+            self._spawn(self._save(record, also), f"save-{record.call_id}")
             if hub is not None:
                 hub.call_finished(effect.record.call_id)
         elif hub is None:
@@ -145,7 +149,7 @@ class Gateway:
         if self.hub is not None:
             self.hub.card_updated(pop_id, with_history(card, calls, missed))
 
-    async def _save(self, record: CallRecord) -> None:
+    async def _save(self, record: CallRecord, extra: Sequence[Statement] = ()) -> None:
         if record.direction == "outbound" and record.channel is None and self.click_to_call is not None:
             try:
                 record = _with_request(record, await self.click_to_call.find_call(record.call_id))
@@ -153,7 +157,7 @@ class Gateway:
                 log.warning("click-to-call request of call %s not read: %s", record.call_id, exc)
         # What follows from the call (its contact, callback task, KPI points) is
         # written in the call's own transaction.
-        also = []
+        also = list(extra)
         if self.contacts is not None and record.customer is not None:
             also += self.contacts.call_statements(record, record.customer, shop=record.shop, channel=record.channel,
                                                   manager_of=self._login_of)

@@ -29,6 +29,11 @@ from gateway.followup import Followup
 from gateway.followup_api import FOLLOWUP
 from gateway.followup_api import add_routes as add_followup_routes
 from gateway.kpi import KpiRules, VipPlan
+from gateway.routing import Router
+from gateway.webhooks import Webhooks, connectors_for
+from gateway.config import WebhooksConfig
+from crm_bridge.contacts import e164
+from crm_bridge.inbox import Inbox
 from gateway.auth import Signer, hash_password
 from gateway.click_to_call import ClickToCall
 from gateway.config import HttpConfig
@@ -69,8 +74,11 @@ def default_users() -> tuple[User, ...]:
 class Harness:
     def __init__(self, tmp_path: Path, *, users: tuple[User, ...] | None = None,
                  http: HttpConfig | None = None, clock: Callable[[], float] = time.time,
-                 plans: PlanBook | None = None, kpi: KpiRules | None = None, vip: VipPlan | None = None) -> None:
+                 plans: PlanBook | None = None, kpi: KpiRules | None = None, vip: VipPlan | None = None,
+                 webhooks: WebhooksConfig | None = None, consume_webhooks: bool = True) -> None:
         self.plans = plans
+        self.webhooks_config = webhooks or WebhooksConfig()
+        self.consume_webhooks = consume_webhooks  # False: as if the process died after each 2xx
         self.kpi, self.vip = kpi, vip
         self.tmp_path = tmp_path
         self.users = users if users is not None else default_users()
@@ -82,6 +90,7 @@ class Harness:
         self.port = 0
         self._runner: web.AppRunner | None = None
         self._consumer: asyncio.Task[None] | None = None
+        self._webhook_consumer: asyncio.Task[None] | None
 
     async def start(self) -> Harness:
         await self.ami.start()
@@ -108,6 +117,14 @@ class Harness:
                                crm_url_template=self.http.crm_url_template, plans=plans,
                                contacts=self.contacts, presence=self.presence, click_to_call=self.click_to_call,
                                followup=self.followup, on_record=self._on_record)
+        self.router = Router(contacts=self.contacts, plans=plans, directory=self.directory, presence=self.presence,
+                             clock=self.clock, normalise=lambda raw: e164(raw, self.http.default_region))
+        self.webhooks = Webhooks(self.gateway, Inbox(self.store),
+                                 connectors_for(self.webhooks_config, own_url="http://127.0.0.1"), clock=self.clock)
+        self._webhook_consumer = None
+        if self.consume_webhooks:
+            await self.webhooks.recover()
+            self._webhook_consumer = asyncio.create_task(self.webhooks.run())
         await self.start_http()
         self.normaliser = AmiNormaliser()
         self.link.start()
@@ -124,6 +141,7 @@ class Harness:
         add_contact_routes(app)
         app[FOLLOWUP] = self.followup
         add_followup_routes(app)
+        self.webhooks.add_routes(app, self.router.decide)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
@@ -161,6 +179,10 @@ class Harness:
         return self.records
 
     async def close(self) -> None:
+        if self._webhook_consumer is not None:
+            await self.webhooks.idle()
+            self._webhook_consumer.cancel()
+            await asyncio.gather(self._webhook_consumer, return_exceptions=True)
         await self.link.close()
         await self.click_to_call.drain()
         if self._consumer is not None:

@@ -80,7 +80,7 @@ class World:
 
     async def feed(self, records: Iterable[CallRecord]) -> None:
         for record in records:
-            self.gateway._carry_out(CallFinished(record))
+            self.gateway.carry_out(CallFinished(record))
         await self.gateway.drain()
 
     def user(self, login: str) -> User:

@@ -62,7 +62,7 @@ async def test_records_are_stored_with_shop_and_channel(tmp_path: Path) -> None:
         gateway = Gateway(store, plans=PlanBook(example_plan()))
         for scenario in ("a_answered", "e_queue_answered", "j_agi_route", "g_click_to_call"):
             (record,) = replay_capture(CAPTURES / f"{scenario}.jsonl")
-            gateway._carry_out(CallFinished(record))
+            gateway.carry_out(CallFinished(record))
         await gateway.drain()
         stored = {r.dialled: (r.shop, r.channel) for r in await store.calls()}
     finally:
@@ -140,7 +140,7 @@ async def test_reload_applies_to_the_next_call_only(tmp_path: Path) -> None:
                               gateway.tracker)
             records += finished
         for record in records:
-            gateway._carry_out(CallFinished(record))
+            gateway.carry_out(CallFinished(record))
         await gateway.drain()
         stored = {r.caller: r.channel for r in await store.calls()}
     finally:
