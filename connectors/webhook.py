@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from aiohttp import web
@@ -37,6 +37,7 @@ class Account:
     timezone: str = "Europe/Moscow"
     api_base_url: str | None = None
     route_deadline: float = 1.0  # seconds
+    options: Mapping[str, str] = field(default_factory=dict)  # provider-specific settings
 
 
 @dataclass(frozen=True, slots=True)

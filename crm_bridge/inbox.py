@@ -61,6 +61,9 @@ class Inbox:
         )
         return [CallRef(*row) for row in rows]
 
+    async def mark_done(self, call: CallRef) -> None:
+        await self.store.write(*self.done_statements(call))
+
     @staticmethod
     def done_statements(call: CallRef) -> list[Statement]:
         """Mark the call's requests done: run with its record's save."""

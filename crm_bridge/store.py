@@ -439,9 +439,19 @@ class Store:
         await db.executemany(
             _INSERT_LEG, [_leg_row(r.call_id, leg) for r in latest.values() for leg in r.legs]
         )
-        for pending in batch:
-            for sql, params in pending.statements:
-                await db.execute(sql, params)
+        # Runs of the same statement (the inbox's inserts, one per webhook of
+        # the batch) go in one executemany: one trip to SQLite's thread, not one each.
+        statements = [statement for pending in batch for statement in pending.statements]
+        start = 0
+        while start < len(statements):
+            end = start + 1
+            while end < len(statements) and statements[end][0] == statements[start][0]:
+                end += 1
+            if end - start == 1:
+                await db.execute(*statements[start])
+            else:
+                await db.executemany(statements[start][0], [params for _, params in statements[start:end]])
+            start = end
         await db.execute("COMMIT")
 
     def _fail(self, batch: Iterable[_Pending], what: str, cause: BaseException | None = None) -> None:

@@ -112,6 +112,7 @@ class WebhookAccount:
     api_base_url: str | None = None  # where commands go (Mango's commands/route)
     route_deadline_ms: int = 1000  # a routing reply later than this carries no route
     public_url: str | None = None  # the URL the provider calls when a proxy maps it elsewhere
+    options: Mapping[str, str] = field(default_factory=dict)  # provider-specific settings (README per provider)
 
 
 @dataclass(frozen=True)
@@ -322,10 +323,15 @@ def _webhooks(data: Any, where: str, base: Path, environ: Mapping[str, str]) -> 
             own = r.get("public_url", str, None, 'the URL the provider calls, like "https://gw.example.com/twilio"')
             if own is not None and not own.startswith(("https://", "http://")):
                 raise r._fail("public_url", 'the URL the provider calls, like "https://gw.example.com/twilio"', own)
+            options = r.get("options", dict, {}, "a table of provider settings (strings)")
+            for key, value in options.items():
+                if not isinstance(value, str):
+                    raise r._fail(f"options.{key}", "a string", value)
             accounts.append(WebhookAccount(provider=provider, name=name, secrets=secrets, allowed_ips=allowed,
                                            timezone=_zone(r, "timezone", "Europe/Moscow"),
                                            api_base_url=api.rstrip("/") if api else None,
-                                           route_deadline_ms=deadline, public_url=own.rstrip("/") if own else None))
+                                           route_deadline_ms=deadline, public_url=own.rstrip("/") if own else None,
+                                           options=dict(options)))
             r.check_unknown()
     return WebhooksConfig(public_base_url=public.rstrip("/") if public else None, accounts=tuple(accounts))
 

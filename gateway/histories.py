@@ -36,6 +36,11 @@ class CallHistories:
     def __contains__(self, call_id: str) -> bool:
         return call_id in self._done
 
+    def finished(self, call_id: str) -> bool:
+        """Whether the call's record has come out (and so is stored or being stored)."""
+        entry = self._done.get(call_id)
+        return entry is not None and entry[1] is not None
+
     def update(self, call_id: str, history: Sequence[CallEvent]) -> list[Effect]:
         """The effects of ``history`` (every event of the call so far, in the
         provider's order) that were not returned for this call before."""

@@ -21,6 +21,9 @@ from collections.abc import Callable, Mapping
 from aiohttp import web
 
 from connectors.webhook import Accepted, Account, Connector, Decide, Request
+from connectors.mango import MangoConnector
+from connectors.sipuni import SipuniConnector
+from connectors.twilio import TwilioConnector
 from connectors.zadarma import ZadarmaConnector
 from crm_bridge.inbox import CallRef, Inbox
 from gateway.config import WebhookAccount, WebhooksConfig
@@ -40,12 +43,14 @@ def connectors_for(config: WebhooksConfig, *, own_url: str) -> dict[str, Connect
     by_provider: dict[str, list[Account]] = {}
     for account in config.accounts:
         by_provider.setdefault(account.provider, []).append(_account(account, base))
-    factories: dict[str, Callable[[list[Account]], Connector]] = {
-        "zadarma": lambda accounts: ZadarmaConnector(accounts, "zadarma"),
-        "novofon": lambda accounts: ZadarmaConnector(accounts, "novofon"),
+    factories: dict[str, Callable[[list[Account], str], Connector]] = {
+        "zadarma": ZadarmaConnector,
+        "novofon": ZadarmaConnector,
+        "mango": MangoConnector,
+        "sipuni": SipuniConnector,
+        "twilio": TwilioConnector,
     }
-    return {provider: factories[provider](accounts) for provider, accounts in by_provider.items()
-            if provider in factories}
+    return {provider: factories[provider](accounts, provider) for provider, accounts in by_provider.items()}
 
 
 def _account(account: WebhookAccount, base: str) -> Account:
@@ -57,6 +62,7 @@ def _account(account: WebhookAccount, base: str) -> Account:
         timezone=account.timezone,
         api_base_url=account.api_base_url,
         route_deadline=account.route_deadline_ms / 1000,
+        options=account.options,
     )
 
 
@@ -75,6 +81,7 @@ class Webhooks:
         self.processed = 0  # requests turned into effects (tests and metrics)
         self._idle = asyncio.Event()
         self._idle.set()
+        self._writes: set[asyncio.Task[None]] = set()
 
     def add_routes(self, app: web.Application, decide: Decide | None) -> None:
         for connector in self.connectors.values():
@@ -111,6 +118,13 @@ class Webhooks:
     async def idle(self) -> None:
         """Wait until every queued request has been processed (tests, shutdown)."""
         await self._idle.wait()
+        while self._writes:
+            await asyncio.gather(*list(self._writes), return_exceptions=True)
+
+    def _written(self, task: asyncio.Task[None]) -> None:
+        self._writes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("webhooks: requests not marked done (rebuilt again at the next start): %s", task.exception())
 
     async def _process(self, item: tuple[CallRef, str, Request] | CallRef) -> None:
         call = item if isinstance(item, CallRef) else item[0]
@@ -121,9 +135,16 @@ class Webhooks:
         connector = self.connectors[call.provider]
         events = connector.call_events(call.account, list(history.values()))
         call_id = f"{call.provider}:{call.account}:{call.call_key}"
-        for effect in self.histories.update(call_id, events):
+        effects = self.histories.update(call_id, events)
+        for effect in effects:
             also = self.inbox.done_statements(call) if isinstance(effect, CallFinished) else ()
             self.gateway.carry_out(effect, also=also)
+        if self.histories.finished(call_id) and not any(isinstance(e, CallFinished) for e in effects):
+            # A late event that changes nothing in the stored record: done too
+            # (written in the background: the consumer never waits for the disk).
+            task = asyncio.create_task(self.inbox.mark_done(call), name="inbox-done")
+            self._writes.add(task)
+            task.add_done_callback(self._written)
         self.processed += 1
 
     async def _history(self, call: CallRef) -> dict[str, Request]:
