@@ -349,7 +349,8 @@ def chunks(items: Sequence[Caller], rounds: int) -> list[Sequence[Caller]]:
 async def main(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     config = load_config(CONFIG, environ={**os.environ, "CTI_AMI_SECRET": "bench-dummy-ami-secret",
-                                          "CTI_HTTP_SECRET": "bench-dummy-http-secret-0123456789abcdef"})
+                                          "CTI_HTTP_SECRET": "bench-dummy-http-secret-0123456789abcdef",
+                                          "CTI_ZADARMA_SECRET": "bench"})
     with tempfile.TemporaryDirectory(prefix="bench-routing-") as tmp:
         path = Path(tmp) / "gw.sqlite3"
         t0 = time.perf_counter()

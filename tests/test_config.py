@@ -22,9 +22,14 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 def test_example_config_is_valid() -> None:
     config = load_config(REPO / "config" / "example.toml",
-                         {"CTI_AMI_SECRET": "s3cret", "CTI_HTTP_SECRET": "0123456789abcdef-http"})
+                         {"CTI_AMI_SECRET": "s3cret", "CTI_HTTP_SECRET": "0123456789abcdef-http",
+                          "CTI_ZADARMA_SECRET": "z"})
     assert config.ami is not None and config.ami.secret.value == "s3cret"
     assert config.agent_devices()["PJSIP/101"] == "101"
+    (zadarma,) = config.webhooks.accounts
+    assert (zadarma.provider, zadarma.name, zadarma.secrets["secret"].value, zadarma.allowed_ips) == (
+        "zadarma", "main", "z", ("185.45.152.40/30",))
+    assert config.webhooks.public_base_url == "https://gw.example.com"
     assert "s3cret" not in repr(config) and "s3cret" not in str(config.ami.secret)
     assert "0123456789abcdef-http" not in repr(config)
     assert [u.login for u in config.users] == ["anna", "boris", "vera", "olga", "mark", "admin"]

@@ -23,7 +23,7 @@ from tests.test_replay_captures import EXPECTED
 from tests.test_tracker_scenarios import run
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {"CTI_AMI_SECRET": "x", "CTI_HTTP_SECRET": "0123456789abcdef-http"}
+ENV = {"CTI_AMI_SECRET": "x", "CTI_HTTP_SECRET": "0123456789abcdef-http", "CTI_ZADARMA_SECRET": "z"}
 REFERENCE = {
     "+74950000001": ("A", "direct"),
     "+74950000002": ("B", "direct"),
