@@ -41,11 +41,17 @@ class CallHistories:
         entry = self._done.get(call_id)
         return entry is not None and entry[1] is not None
 
-    def update(self, call_id: str, history: Sequence[CallEvent]) -> list[Effect]:
+    def update(self, call_id: str, history: Sequence[CallEvent], *, given_up_at: float | None = None) -> list[Effect]:
         """The effects of ``history`` (every event of the call so far, in the
-        provider's order) that were not returned for this call before."""
+        provider's order) that were not returned for this call before.
+
+        ``given_up_at``: the provider's final callback never came; end the
+        call there, interrupted, with its best-known outcome.
+        """
         tracker = CallTracker()
         effects = [effect for event in history for effect in tracker.feed(event)]
+        if given_up_at is not None:
+            effects += tracker.finish_all(max([given_up_at, *(event.at for event in history)]))
         done, last_record = self._done.pop(call_id, (Counter(), None))
         fresh: list[Effect] = []
         seen: Counter[Effect] = Counter()

@@ -16,7 +16,8 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
 
 from aiohttp import web
 
@@ -27,13 +28,15 @@ from connectors.twilio import TwilioConnector
 from connectors.zadarma import ZadarmaConnector
 from crm_bridge.inbox import CallRef, Inbox
 from gateway.config import WebhookAccount, WebhooksConfig
-from gateway.effects import CallFinished
+from gateway.effects import CallFinished, Effect
 from gateway.histories import CallHistories
 from gateway.service import Gateway
 
 log = logging.getLogger(__name__)
 
 CACHED_CALLS = 5_000  # calls whose history stays in memory (others are read from the inbox)
+GIVE_UP_AFTER = 4 * 3600.0  # a call whose final callback has not come by then is ended, interrupted
+SWEEP_EVERY = 600.0
 
 
 def connectors_for(config: WebhooksConfig, *, own_url: str) -> dict[str, Connector]:
@@ -66,6 +69,9 @@ def _account(account: WebhookAccount, base: str) -> Account:
     )
 
 
+_SWEEP = CallRef("", "", "")  # the queue item that asks the consumer to sweep
+
+
 class Webhooks:
     """The ``Intake`` every connector delivers to, and the consumer behind it."""
 
@@ -76,12 +82,14 @@ class Webhooks:
         self.inbox = inbox
         self.connectors = dict(connectors)
         self.histories = CallHistories()
+        # A request to process, or a call to rebuild (recovery), or _SWEEP.
         self._queue: asyncio.Queue[tuple[CallRef, str, Request] | CallRef] = asyncio.Queue()
         self._cache: OrderedDict[CallRef, dict[str, Request]] = OrderedDict()  # call -> {dedup key: request}
         self.processed = 0  # requests turned into effects (tests and metrics)
         self._idle = asyncio.Event()
         self._idle.set()
         self._writes: set[asyncio.Task[None]] = set()
+        self._open: dict[CallRef, float] = {}  # calls without their record yet -> when last heard of
 
     def add_routes(self, app: web.Application, decide: Decide | None) -> None:
         for connector in self.connectors.values():
@@ -104,16 +112,54 @@ class Webhooks:
         return len(calls)
 
     async def run(self) -> None:
-        """The single consumer; runs until cancelled."""
+        """The single consumer; runs until cancelled. Every SWEEP_EVERY seconds
+        it also sweeps, in turn with the requests (never at the same time)."""
+        ticker = asyncio.create_task(self._tick(), name="webhooks-sweep-timer")
+        try:
+            while True:
+                item = await self._queue.get()
+                await self._guarded(self.sweep() if item is _SWEEP else self._process(item))
+        finally:
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
+
+    async def _tick(self) -> None:
         while True:
-            item = await self._queue.get()
-            try:
-                await self._process(item)
-            except Exception:  # one bad request must not stop the others; it stays in the inbox
-                log.exception("webhooks: a request could not be processed")
-            finally:
-                if self._queue.empty():
-                    self._idle.set()
+            await asyncio.sleep(SWEEP_EVERY)
+            self._queue.put_nowait(_SWEEP)
+
+    async def _guarded(self, work: Coroutine[Any, Any, Any]) -> None:
+        try:
+            await work
+        except Exception:  # one bad request must not stop the others; it stays in the inbox
+            log.exception("webhooks: a request could not be processed")
+        finally:
+            if self._queue.empty():
+                self._idle.set()
+
+    async def sweep(self) -> int:
+        """End, as interrupted, every call whose provider went quiet for
+        GIVE_UP_AFTER without its final callback (a lost END or summary);
+        how many."""
+        now = self.clock()
+        stale = [call for call, heard in self._open.items() if now - heard >= GIVE_UP_AFTER]
+        for call in stale:
+            history = await self._history(call)
+            events = self.connectors[call.provider].call_events(call.account, list(history.values()))
+            log.warning("webhooks: call %s of %s %s had no final callback for %.0f h: ended as interrupted",
+                        call.call_key, call.provider, call.account, GIVE_UP_AFTER / 3600)
+            self._carry_out(call, self.histories.update(self._call_id(call), events, given_up_at=self._open[call]))
+            self._open.pop(call, None)
+        return len(stale)
+
+    @staticmethod
+    def _call_id(call: CallRef) -> str:
+        return f"{call.provider}:{call.account}:{call.call_key}"
+
+    def _carry_out(self, call: CallRef, effects: list[Effect]) -> None:
+        for effect in effects:
+            also = self.inbox.done_statements(call) if isinstance(effect, CallFinished) else ()
+            self.gateway.carry_out(effect, also=also)
 
     async def idle(self) -> None:
         """Wait until every queued request has been processed (tests, shutdown)."""
@@ -134,11 +180,14 @@ class Webhooks:
             history.setdefault(key, request)  # a duplicate delivery adds nothing (and rebuilds to no effect)
         connector = self.connectors[call.provider]
         events = connector.call_events(call.account, list(history.values()))
-        call_id = f"{call.provider}:{call.account}:{call.call_key}"
+        call_id = self._call_id(call)
         effects = self.histories.update(call_id, events)
-        for effect in effects:
-            also = self.inbox.done_statements(call) if isinstance(effect, CallFinished) else ()
-            self.gateway.carry_out(effect, also=also)
+        self._carry_out(call, effects)
+        if self.histories.finished(call_id):
+            self._open.pop(call, None)
+        else:
+            latest = max((r.received_at for r in history.values()), default=self.clock())
+            self._open[call] = max(latest, self._open.get(call, 0.0))
         if self.histories.finished(call_id) and not any(isinstance(e, CallFinished) for e in effects):
             # A late event that changes nothing in the stored record: done too
             # (written in the background: the consumer never waits for the disk).

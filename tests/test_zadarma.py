@@ -221,3 +221,24 @@ async def test_a_request_stored_but_not_processed_is_rebuilt_after_a_restart(tmp
         assert [r.call_id for r in await store.calls()] == ["zadarma:main:in_7b2e1d0f3c5a"]
     finally:
         await store.close()
+
+
+async def test_a_call_whose_end_never_comes_is_ended_as_interrupted(h: Harness) -> None:
+    assert isinstance(h.clock, FakeClock)
+    h.clock.now = datetime(2026, 3, 2, 11, 2, 45, tzinfo=MSK).timestamp()  # the missed sample rings at 11:02:40
+    heard = h.clock.now
+    async with tab(h, "anna") as anna:
+        await deliver(h, MISSED[:2])  # START and the ring of 101; NOTIFY_END is lost
+        await anna.until(lambda f: f["type"] == "pop")
+        h.clock.now += 3 * 3600
+        assert await h.webhooks.sweep() == 0  # three hours of silence: maybe still a long call
+        h.clock.now += 3600
+        assert await h.webhooks.sweep() == 1
+        await h.gateway.drain()
+        gone = await anna.until(lambda f: f["type"] == "withdraw")  # no ghost pop left on her page
+        assert (gone["call_id"], gone["reason"]) == ("zadarma:main:in_7b2e1d0f3c5a", "stopped_ringing")
+    (record,) = h.records
+    assert (record.interrupted, record.outcome, record.rang) == (True, "missed", ("101",))
+    assert record.ended_at == heard  # when the provider was last heard of
+    pending = await h.store.read("SELECT count(*) FROM webhook_inbox WHERE done = 0")
+    assert pending[0][0] == 0
