@@ -188,6 +188,8 @@ class Followup:
             behind.append((done - required, last.started_at if last else 0.0, {
                 "contact_id": contact.contact_id, "name": contact.name, "phones": list(contact.phones),
                 "manager": contact.manager, "shop": shop.shop_id if shop else contact.shop,
+                "shop_name": shop.name if shop else contact.shop,
+                "timezone": shop.timezone if shop else self.kpi.timezone,
                 "required": required, "done": done, "period_start": iso(start), "period_end": iso(end),
                 "last_call": None if last is None else {
                     "call_id": last.call_id, "started_at": iso(last.started_at), "direction": last.direction,

@@ -416,9 +416,11 @@ def last_call(call_id: str, started: str, direction: str, outcome: str, caller: 
             "answered_by": answered_by}
 
 
-MOSCOW_NOVEMBER = {"period_start": "2026-10-31T21:00:00.000+00:00", "period_end": "2026-11-30T21:00:00.000+00:00"}
+MOSCOW_NOVEMBER = {"period_start": "2026-10-31T21:00:00.000+00:00", "period_end": "2026-11-30T21:00:00.000+00:00",
+                   "shop_name": "Магазин A", "timezone": "Europe/Moscow"}
 YEKATERINBURG_NOVEMBER = {"period_start": "2026-10-31T19:00:00.000+00:00",
-                          "period_end": "2026-11-30T19:00:00.000+00:00"}
+                          "period_end": "2026-11-30T19:00:00.000+00:00",
+                          "shop_name": "Shop B", "timezone": "Asia/Yekaterinburg"}
 
 
 async def test_a_scripted_month_gives_the_vip_plan_of_each_person(tmp_path: Path) -> None:

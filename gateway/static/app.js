@@ -1,5 +1,8 @@
 /* The operator page: login, caller cards over the websocket, results, recent calls,
-   call-backs (POST /api/calls) and the agent's own status (PUT /api/me/status).
+   call-backs (POST /api/calls) and the agent's own status (PUT /api/me/status);
+   the follow-up of calls: an agent's own missed calls (GET /api/callbacks?mine=1)
+   and points (GET /api/kpi); a manager's (or administrator's) team missed calls,
+   KPI table, VIP call plan (GET /api/vip-plan) and notices over the websocket.
 
    Plain browser JavaScript, no build step. The protocol is docs/websocket-protocol.md;
    in short: GET /api/token (session cookie), open /ws, send {"type":"auth"} first,
@@ -32,6 +35,12 @@
   const CALLBACK_RETRY_MS = 1000;
   const CALLBACK_SHOWN_MS = 5000;   // "your phone will ring" shows this long
   const CALLBACK_ERROR_SHOWN_MS = 20000;
+  // A click-to-call is not a pop: after a call-back from the missed list, look at the
+  // list this often (for this long) so the task goes once the customer is reached.
+  const TASK_WATCH_MS = 4000;
+  const TASK_WATCH_FOR_MS = 10 * 60000;
+  const MEETING_SHOWN_MS = 5000;
+  const NOTICES_MAX = 20;
 
   // -- state --------------------------------------------------------------------
 
@@ -66,6 +75,22 @@
     presence: null,       // the last /api/me/status answer; null: not offered by this gateway
     skew: 0,              // server clock minus ours, ms (from "ready"), for the wrap-up countdown
     wrapTimer: 0,
+    tasks: null,          // open callback tasks from the last /api/callbacks answer (mine, or the team's)
+    tasksError: false,
+    closeReasons: [],
+    closeChoice: new Map(), // task id -> the reason chosen in its select (kept across re-renders)
+    closing: new Map(),   // task id -> {state: pending|error, text}
+    closedTasks: new Set(), // closed from this page: a list fetched before the close does not bring them back
+    watchTimer: 0,
+    watchUntil: 0,
+    kpi: null,            // the last /api/kpi answer
+    kpiError: false,
+    meeting: null,        // "log a meeting": {state: pending|placed|error, text}
+    meetingTimer: 0,
+    vip: null,            // the last /api/vip-plan answer
+    vipError: false,
+    shops: new Map(),     // shop id -> {name, timezone}, learnt from tasks (the VIP plan names only the id)
+    notices: [],          // newest first: {id, kind, task, at}
   };
 
   const $ = (id) => document.getElementById(id);
@@ -140,9 +165,11 @@
       renderCard(entry);
     }
     renderRecent();
+    renderFollowup();
+    renderNotices();
   }
 
-  // -- formatting (the browser's own time zone) -------------------------------------
+  // -- formatting (the browser's own time zone unless a zone is given) -------------------
 
   function parseTime(iso) {
     const d = iso ? new Date(iso) : null;
@@ -161,6 +188,32 @@
     return new Intl.DateTimeFormat(S.lang, {
       day: '2-digit', month: '2-digit', hour: '2-digit', minute: '2-digit', hourCycle: 'h23',
     }).format(d);
+  }
+
+  /** Day, month and time as seen in ``zone`` (a shop's IANA time zone), with the zone's short name. */
+  function formatInZone(iso, zone) {
+    const d = parseTime(iso);
+    if (!d) return '';
+    const options = { day: '2-digit', month: '2-digit', hour: '2-digit', minute: '2-digit', hourCycle: 'h23',
+      timeZoneName: 'short' };
+    if (zone) {
+      try {
+        return new Intl.DateTimeFormat(S.lang, { ...options, timeZone: zone }).format(d);
+      } catch (_) { /* a zone this browser does not know: its own zone, named */ }
+    }
+    return new Intl.DateTimeFormat(S.lang, options).format(d);
+  }
+
+  /** A calendar day "2026-11-27" as people write it. */
+  function formatDay(day) {
+    const d = typeof day === 'string' ? parseTime(`${day}T12:00:00Z`) : null;
+    if (!d) return '';
+    return new Intl.DateTimeFormat(S.lang, { day: 'numeric', month: 'long', timeZone: 'UTC' }).format(d);
+  }
+
+  function formatNumber(n) {
+    return typeof n === 'number' && Number.isFinite(n)
+      ? new Intl.NumberFormat(S.lang, { maximumFractionDigits: 1 }).format(n) : '–';
   }
 
   /** Shop, channel, manager: a string today, perhaps an object with a name later. */
@@ -236,13 +289,25 @@
   // -- views ----------------------------------------------------------------------
 
   function show(view) {
+    const socket = view === 'agent' || view === 'manager';
     $('loading').hidden = view !== 'loading';
     $('login-view').hidden = view !== 'login';
     $('nonagent-view').hidden = view !== 'nonagent';
     $('agent-view').hidden = view !== 'agent';
-    $('session').hidden = !(view === 'agent' || view === 'nonagent');
+    $('manager-view').hidden = view !== 'manager';
+    $('session').hidden = !(socket || view === 'nonagent');
     $('agent-tools').hidden = view !== 'agent';
+    $('ws-tools').hidden = !socket;
+    $('notify-tools').hidden = !socket;
+    if (!socket) $('notices').hidden = true;
   }
+
+  function isAgent() { return Boolean(S.user && S.user.role === 'agent'); }
+
+  /** Managers and administrators: their team's follow-up, and notices over the socket. */
+  function isLead() { return Boolean(S.user && (S.user.role === 'manager' || S.user.role === 'admin')); }
+
+  function usesSocket() { return isAgent() || isLead(); }
 
   function renderUser() {
     const u = S.user;
@@ -293,19 +358,27 @@
     S.callResults = Array.isArray(me.call_results) ? me.call_results : [];
     $('session-note').hidden = true;
     renderUser();
-    if (!S.user || S.user.role !== 'agent') {
+    if (!usesSocket()) {
       show('nonagent');
       return;
     }
-    show('agent');
+    show(isAgent() ? 'agent' : 'manager');
     renderNotifyButton();
     S.everConnected = false;
     S.attempt = 0;
     connect();
-    refreshRecent();
-    refreshStatus();
     clearInterval(S.recentTimer);
-    S.recentTimer = setInterval(() => { refreshRecent(); refreshStatus(); }, RECENT_EVERY_MS);
+    if (isAgent()) {
+      refreshRecent();
+      refreshStatus();
+      refreshTasks();
+      refreshKpi();
+      S.recentTimer = setInterval(() => { refreshRecent(); refreshStatus(); refreshTasks(); refreshKpi(); },
+        RECENT_EVERY_MS);
+    } else {
+      refreshLead();
+      S.recentTimer = setInterval(refreshLead, RECENT_EVERY_MS);
+    }
   }
 
   /** Forget everything of the session: socket, timers, cards. */
@@ -333,6 +406,22 @@
     S.recent = null;
     renderRecent();
     renderEmpty();
+    stopWatch();
+    clearTimeout(S.meetingTimer);
+    S.tasks = null;
+    S.tasksError = false;
+    S.closeChoice.clear();
+    S.closing.clear();
+    S.closedTasks.clear();
+    S.kpi = null;
+    S.kpiError = false;
+    S.meeting = null;
+    S.vip = null;
+    S.vipError = false;
+    S.shops.clear();
+    S.notices = [];
+    renderFollowup();
+    renderNotices();
   }
 
   async function onLogout() {
@@ -462,13 +551,14 @@
         const serverTime = parseTime(frame.server_time);
         if (serverTime) S.skew = serverTime.getTime() - Date.now();
         S.attempt = 0;
+        if (S.everConnected) refreshTasks(); // notices may have come and gone while we were away
         S.everConnected = true;
         setConn('connected');
         startPing();
         S.resyncSeen = new Set();
         clearTimeout(S.resyncTimer);
         S.resyncTimer = setTimeout(settleAfterResync, RESYNC_MS);
-        refreshStatus(); // "connected" is part of it
+        if (isAgent()) refreshStatus(); // "connected" is part of it
         break;
       }
       case 'pop':
@@ -477,6 +567,9 @@
         break;
       case 'withdraw':
         if (typeof frame.pop_id === 'string') withdrawPop(frame.pop_id, frame.reason);
+        break;
+      case 'notice':
+        onNotice(frame);
         break;
       case 'error':
         console.warn('cti: server error', frame.code, frame.message);
@@ -643,6 +736,8 @@
     const head = el('div', { class: 'card-head' }, line,
       el('div', { class: 'badges' },
         card.vip ? el('span', { class: 'badge vip-badge', 'data-testid': 'pop-vip', text: t('card.vip') }) : null,
+        card.open_missed_calls > 0 ? el('span', { class: 'badge missed-badge', 'data-testid': 'pop-missed',
+          title: t('card.missed'), text: t('card.missed_badge', { count: card.open_missed_calls }) }) : null,
         el('span', { class: `badge state state-${state}`, 'data-testid': 'pop-state', 'data-state': state,
           text: label('state', state) }),
         frame.at ? el('time', { class: 'since', datetime: frame.at, 'data-testid': 'pop-since',
@@ -662,9 +757,6 @@
     };
     fact('card.direction', label('direction', card.direction), 'pop-direction');
     fact('card.manager', nameOf(card.assigned_manager), 'pop-manager');
-    if (typeof card.open_missed_calls === 'number') fact('card.missed', card.open_missed_calls, 'pop-missed');
-    const missed = facts.querySelector('[data-testid="pop-missed"]');
-    if (missed && card.open_missed_calls > 0) missed.classList.add('alert');
 
     let history = null;
     if (Array.isArray(card.recent_calls)) {
@@ -819,7 +911,9 @@
     clearTimeout(S.recentAgainTimer);
     refreshRecent();
     refreshStatus(); // the agent's part of a call ended: his wrap-up may have started
-    S.recentAgainTimer = setTimeout(refreshRecent, RECENT_AGAIN_MS);
+    refreshTasks();  // a missed call opens a task, an answered one may close it
+    refreshKpi();
+    S.recentAgainTimer = setTimeout(() => { refreshRecent(); refreshTasks(); refreshKpi(); }, RECENT_AGAIN_MS);
   }
 
   function renderRecent() {
@@ -946,6 +1040,480 @@
     if (number) paintCallback(p.callback, p.callbackStatus, S.callbacks.get(`pop:${entry.id}`), callerNumber(card));
   }
 
+  // -- follow-up: missed-call tasks ------------------------------------------------------
+  //
+  // An agent sees his own open tasks (mine=1) and may call back or close them; a manager
+  // or administrator sees those of his teams and supervised shops and may close them.
+  // Times are shown as the task's shop sees them (task.timezone): the deadline is in the
+  // shop's working hours, not the reader's.
+
+  function learnShop(task) {
+    if (task && typeof task.shop === 'string' && task.shop) {
+      S.shops.set(task.shop, { name: task.shop_name || task.shop, timezone: task.timezone || null });
+    }
+  }
+
+  function shopName(id) {
+    if (!id) return '';
+    const shop = S.shops.get(id);
+    return shop && shop.name ? shop.name : String(id);
+  }
+
+  /** Where a shop's times are shown: its own zone if known, else the KPI zone. */
+  function shopZone(id) {
+    const shop = id ? S.shops.get(id) : null;
+    return (shop && shop.timezone) || (S.kpi && S.kpi.timezone) || null;
+  }
+
+  /** A login as a person's name, where the KPI report (or the session) knows it. */
+  function personName(login) {
+    if (!login) return '';
+    if (S.user && S.user.login === login) return S.user.name || login;
+    const agent = S.kpi && Array.isArray(S.kpi.agents) ? S.kpi.agents.find((a) => a && a.login === login) : null;
+    return agent && agent.name ? agent.name : String(login);
+  }
+
+  async function refreshTasks() {
+    if (!usesSocket()) return;
+    const generation = S.generation;
+    const asked = Date.now();
+    let r;
+    try { r = await api('GET', isAgent() ? '/api/callbacks?mine=1' : '/api/callbacks'); } catch (_) { r = null; }
+    if (generation !== S.generation) return;
+    if (r && r.status === 401) { sessionEnded(); return; }
+    if (r && r.ok && r.data && Array.isArray(r.data.tasks)) {
+      const tasks = r.data.tasks.filter((task) => task && typeof task === 'object' && task.status === 'open'
+        && !S.closedTasks.has(task.task_id));
+      const listed = new Set(tasks.map((task) => task.task_id));
+      // A task of the agent's that went by itself was a customer reached: that earned points.
+      const reached = isAgent() && (S.tasks || []).some((task) => !listed.has(task.task_id));
+      S.tasks = tasks;
+      S.tasksError = false;
+      if (Array.isArray(r.data.close_reasons)) S.closeReasons = r.data.close_reasons.filter((x) => typeof x === 'string');
+      for (const task of tasks) learnShop(task);
+      for (const id of [...S.closeChoice.keys()]) if (!listed.has(id)) S.closeChoice.delete(id);
+      for (const id of [...S.closing.keys()]) if (!listed.has(id)) S.closing.delete(id);
+      // A notice whose task was no longer open when we asked has been dealt with.
+      const before = S.notices.length;
+      S.notices = S.notices.filter((n) => n.at >= asked || listed.has(n.task.task_id));
+      if (S.notices.length !== before) renderNotices();
+      if (reached) refreshKpi();
+    } else {
+      S.tasksError = true; // keep showing the last list we had
+    }
+    renderFollowup(); // shop names and zones learnt from the tasks are used by the VIP plan too
+  }
+
+  function renderTasks() {
+    const agent = isAgent();
+    const body = $(agent ? 'missed-body' : 'team-missed-body');
+    const status = $(agent ? 'missed-status' : 'team-missed-status');
+    const tasks = S.tasks || [];
+    body.replaceChildren(...tasks.map((task) => taskRow(task, agent)));
+    if (S.tasksError) {
+      status.textContent = t('missed.error');
+      status.hidden = false;
+    } else if (S.tasks && !tasks.length) {
+      status.textContent = t('missed.empty');
+      status.hidden = false;
+    } else {
+      status.hidden = true;
+    }
+  }
+
+  function isOverdue(task) {
+    if (task.overdue === true) return true;
+    const due = parseTime(task.due_at);
+    return Boolean(due && due.getTime() <= Date.now() + S.skew);
+  }
+
+  function taskTime(iso, zone, testid) {
+    return el('time', { datetime: iso || '', 'data-testid': testid, title: zone || null, text: formatInZone(iso, zone) });
+  }
+
+  function taskRow(task, agent) {
+    const id = task.task_id;
+    const zone = task.timezone || (S.kpi && S.kpi.timezone) || null;
+    const number = typeof task.phone === 'string' ? task.phone : '';
+    const overdue = isOverdue(task);
+    const marks = el('td', { class: 'marks', 'data-testid': 'task-state' });
+    if (overdue) marks.append(el('span', { class: 'mark overdue', 'data-testid': 'task-overdue', text: t('missed.overdue') }));
+    if (task.escalated_at) {
+      marks.append(el('span', { class: 'mark escalated', 'data-testid': 'task-escalated', text: t('missed.escalated') }));
+    }
+    if (!overdue && !task.escalated_at) marks.append(el('span', { class: 'mark in-time', text: t('missed.in_time') }));
+
+    const actions = el('td', { class: 'actions' });
+    if (agent && isCustomerNumber(number)) {
+      const key = `task:${id}`;
+      const button = el('button', { type: 'button', class: 'callback', 'data-testid': 'task-callback' });
+      const status = el('span', { class: 'callback-status', role: 'status', 'data-testid': 'task-callback-status' });
+      paintCallback(button, status, S.callbacks.get(key), number);
+      button.addEventListener('click', async () => {
+        await callBack(key, number, task.shop || null, () => paintTaskCallback(id, number));
+        const cb = S.callbacks.get(key);
+        if (cb && cb.state === 'placed') watchTasks();
+      });
+      actions.append(el('div', { class: 'task-callback' }, button, status));
+    }
+    actions.append(closeControl(task, number));
+
+    return el('tr', { 'data-testid': 'missed-task', 'data-task-id': id, 'data-overdue': overdue ? 'true' : null,
+      class: overdue ? 'overdue' : null },
+    el('td', { class: 'caller-cell' },
+      el('span', { class: 'number', 'data-testid': 'task-phone', text: number }),
+      task.name ? el('span', { class: 'name', 'data-testid': 'task-name', text: String(task.name) }) : null),
+    el('td', { 'data-testid': 'task-shop', text: task.shop_name || task.shop || '' }),
+    agent ? null : el('td', { 'data-testid': 'task-owner', text: personName(task.owner) }),
+    el('td', { class: 'num', 'data-testid': 'task-attempts', text: typeof task.attempts === 'number' ? String(task.attempts) : '' }),
+    el('td', {}, taskTime(task.last_attempt_at, zone, 'task-last-attempt')),
+    el('td', {}, taskTime(task.due_at, zone, 'task-due')),
+    marks,
+    actions);
+  }
+
+  /** The call-back of a task row: the row may have been rebuilt since the click. */
+  function paintTaskCallback(id, number) {
+    const row = document.querySelector(`#missed-body tr[data-task-id="${CSS.escape(String(id))}"]`);
+    if (!row) return;
+    paintCallback(row.querySelector('[data-testid="task-callback"]'),
+      row.querySelector('[data-testid="task-callback-status"]'), S.callbacks.get(`task:${id}`), number);
+  }
+
+  /** After a call-back, look at the list until the task goes (the gateway closes it by
+      itself when the call is answered) or for TASK_WATCH_FOR_MS. */
+  function watchTasks() {
+    S.watchUntil = Date.now() + TASK_WATCH_FOR_MS;
+    if (S.watchTimer) return;
+    S.watchTimer = setInterval(() => {
+      if (Date.now() > S.watchUntil || !isAgent()) { stopWatch(); return; }
+      refreshTasks();
+      refreshRecent();
+    }, TASK_WATCH_MS);
+  }
+
+  function stopWatch() {
+    clearInterval(S.watchTimer);
+    S.watchTimer = 0;
+    S.watchUntil = 0;
+  }
+
+  function closeControl(task, number) {
+    const id = task.task_id;
+    const state = S.closing.get(id);
+    const pending = Boolean(state && state.state === 'pending');
+    const select = el('select', { class: 'task-reason', 'data-testid': 'task-close-reason',
+      'aria-label': t('missed.reason') });
+    select.append(el('option', { value: '', text: t('missed.choose_reason') }),
+      ...S.closeReasons.map((reason) => el('option', { value: reason, text: label('close_reason', reason) })));
+    select.value = S.closeChoice.get(id) || '';
+    select.disabled = pending;
+    select.addEventListener('change', () => {
+      S.closeChoice.set(id, select.value);
+      if (S.closing.get(id) && S.closing.get(id).state === 'error') { S.closing.delete(id); renderTasks(); }
+    });
+    const button = el('button', { type: 'button', class: 'task-close', 'data-testid': 'task-close',
+      'aria-label': t('missed.close_label', { number }), text: t('missed.close') });
+    button.disabled = pending;
+    button.addEventListener('click', () => closeTask(id, select.value));
+    const status = el('span', { class: 'callback-status', role: 'status', 'data-testid': 'task-close-status',
+      'data-status': state ? state.state : null, text: state ? state.text : '' });
+    status.hidden = !state;
+    return el('div', { class: 'task-close-control' }, select, button, status);
+  }
+
+  async function closeTask(id, reason) {
+    const current = S.closing.get(id);
+    if (current && current.state === 'pending') return;
+    if (!reason) {
+      S.closing.set(id, { state: 'error', text: t('missed.reason_required') });
+      renderTasks();
+      return;
+    }
+    const generation = S.generation;
+    S.closing.set(id, { state: 'pending', text: t('missed.closing') });
+    renderTasks();
+    let r;
+    try {
+      r = await api('POST', `/api/callbacks/${encodeURIComponent(id)}/close`, { reason });
+    } catch (_) {
+      r = null;
+    }
+    if (generation !== S.generation) return;
+    if (r && r.status === 401) { sessionEnded(); return; }
+    // 409: somebody (or the customer's call) closed it first; 404: no longer ours. Either way it is gone.
+    if (r && (r.ok || r.status === 409 || (r.status === 404 && r.data && r.data.error === 'no_such_task'))) {
+      S.closing.delete(id);
+      S.closeChoice.delete(id);
+      S.closedTasks.add(id);
+      if (S.closedTasks.size > GONE_REMEMBERED) S.closedTasks.delete(S.closedTasks.values().next().value);
+      S.tasks = (S.tasks || []).filter((task) => task.task_id !== id);
+      S.notices = S.notices.filter((n) => n.task.task_id !== id);
+      renderTasks();
+      renderNotices();
+      return;
+    }
+    S.closing.set(id, { state: 'error', text: t('missed.close_failed', { message: r ? errorText(r) : t('error.network') }) });
+    renderTasks();
+  }
+
+  // -- follow-up: points (KPI) ----------------------------------------------------------
+
+  async function refreshKpi() {
+    if (!usesSocket()) return;
+    const generation = S.generation;
+    let r;
+    try { r = await api('GET', '/api/kpi'); } catch (_) { r = null; }
+    if (generation !== S.generation) return;
+    if (r && r.status === 401) { sessionEnded(); return; }
+    if (r && r.ok && r.data && Array.isArray(r.data.agents)) {
+      S.kpi = r.data;
+      S.kpiError = false;
+    } else {
+      S.kpiError = true;
+    }
+    renderFollowup(); // names and the KPI time zone are used by the other tables too
+  }
+
+  /** The report runs from the first of the month to today (KPI time zone): today is its last day. */
+  function todayOf(agent) {
+    const day = Array.isArray(agent.days) ? agent.days.find((d) => d && d.date === S.kpi.to) : null;
+    return day && typeof day.points === 'number' ? day.points : 0;
+  }
+
+  function renderPoints() {
+    const k = S.kpi;
+    const me = k && S.user ? k.agents.find((a) => a && a.login === S.user.login) : null;
+    const today = $('my-points-today');
+    const month = $('my-points-month');
+    const status = $('my-points-status');
+    if (me) {
+      const points = todayOf(me);
+      today.textContent = t('points.today', { points: formatNumber(points), target: formatNumber(me.daily_target) });
+      today.dataset.met = String(typeof me.daily_target === 'number' && points >= me.daily_target);
+      month.textContent = t('points.month', { points: formatNumber(me.total) });
+    } else {
+      today.textContent = '';
+      month.textContent = '';
+    }
+    status.hidden = !S.kpiError;
+    status.textContent = S.kpiError ? t('points.error') : '';
+    // Only kinds in the points table may be recorded by hand.
+    $('log-meeting').hidden = !(k && k.points && typeof k.points === 'object' && 'meeting' in k.points);
+    renderMeeting();
+  }
+
+  function renderMeeting() {
+    const m = S.meeting;
+    const status = $('log-meeting-status');
+    $('log-meeting').disabled = Boolean(m && m.state === 'pending');
+    status.hidden = !m;
+    status.textContent = m ? m.text : '';
+    status.dataset.status = m ? m.state : '';
+  }
+
+  /** Record a meeting for today. Like a call-back, the request id is sent again only when
+      the network lost the answer: the gateway records it once however often. */
+  async function logMeeting() {
+    if (S.meeting && S.meeting.state === 'pending') return;
+    const generation = S.generation;
+    const body = { kind: 'meeting', request_id: requestId() };
+    clearTimeout(S.meetingTimer);
+    S.meeting = { state: 'pending', text: t('points.logging') };
+    renderMeeting();
+    let reply = null;
+    for (let attempt = 0; attempt < CALLBACK_ATTEMPTS; attempt += 1) {
+      try {
+        reply = await api('POST', '/api/interactions', body);
+        break;
+      } catch (_) {
+        if (attempt + 1 < CALLBACK_ATTEMPTS) await sleep(CALLBACK_RETRY_MS * (attempt + 1));
+      }
+      if (generation !== S.generation) return;
+    }
+    if (generation !== S.generation) return;
+    if (reply && reply.status === 401) { sessionEnded(); return; }
+    const ok = Boolean(reply && reply.ok);
+    S.meeting = ok
+      ? { state: 'placed', text: t('points.logged', { points: formatNumber(reply.data && reply.data.points) }) }
+      : { state: 'error', text: t('points.log_failed', { message: reply ? errorText(reply) : t('error.network') }) };
+    renderMeeting();
+    if (ok) refreshKpi();
+    const shown = S.meeting;
+    S.meetingTimer = setTimeout(() => {
+      if (S.meeting !== shown) return;
+      S.meeting = null;
+      renderMeeting();
+    }, ok ? MEETING_SHOWN_MS : CALLBACK_ERROR_SHOWN_MS);
+  }
+
+  function renderKpi() {
+    const k = S.kpi;
+    const agents = k ? k.agents.filter((a) => a && typeof a === 'object') : [];
+    $('kpi-body').replaceChildren(...agents.map((a) => {
+      const days = Array.isArray(a.days) ? a.days : [];
+      const met = days.filter((d) => d && d.target_met).length;
+      const today = todayOf(a);
+      return el('tr', { 'data-testid': 'kpi-row', 'data-login': a.login },
+        el('td', { 'data-testid': 'kpi-name', text: a.name || a.login || '' }),
+        el('td', { text: a.team || '' }),
+        el('td', { class: 'num', 'data-testid': 'kpi-today',
+          'data-met': String(typeof a.daily_target === 'number' && today >= a.daily_target), text: formatNumber(today) }),
+        el('td', { class: 'num', 'data-testid': 'kpi-target', text: formatNumber(a.daily_target) }),
+        el('td', { class: 'num', 'data-testid': 'kpi-total', text: formatNumber(a.total) }),
+        el('td', { class: 'num', 'data-testid': 'kpi-days-met', text: t('kpi.days_met_value', { met, days: days.length }) }));
+    }));
+    const period = $('kpi-period');
+    period.hidden = !k;
+    period.textContent = k ? t('kpi.period', { from: formatDay(k.from), to: formatDay(k.to) }) : '';
+    const status = $('kpi-status');
+    if (S.kpiError) {
+      status.textContent = t('kpi.error');
+      status.hidden = false;
+    } else if (k && !agents.length) {
+      status.textContent = t('kpi.empty');
+      status.hidden = false;
+    } else {
+      status.hidden = true;
+    }
+  }
+
+  // -- follow-up: the VIP call plan --------------------------------------------------------
+
+  async function refreshVip() {
+    const generation = S.generation;
+    let r;
+    try { r = await api('GET', '/api/vip-plan'); } catch (_) { r = null; }
+    if (generation !== S.generation) return;
+    if (r && r.status === 401) { sessionEnded(); return; }
+    if (r && r.ok && r.data && Array.isArray(r.data.behind)) {
+      S.vip = r.data;
+      S.vipError = false;
+    } else {
+      S.vipError = true;
+    }
+    renderVip();
+  }
+
+  function renderVip() {
+    const v = S.vip;
+    const behind = v ? v.behind.filter((c) => c && typeof c === 'object') : [];
+    $('vip-body').replaceChildren(...behind.map((c) => {
+      const last = c.last_call && typeof c.last_call === 'object' ? c.last_call : null;
+      const lastCell = el('td', { 'data-testid': 'vip-last-call' });
+      if (last) {
+        lastCell.append(el('time', { datetime: last.started_at || '', text: formatInZone(last.started_at, shopZone(c.shop)) }),
+          ' ', el('span', { class: 'muted', text: label('direction', last.direction) }),
+          ' ', el('span', { class: `outcome outcome-${last.outcome || ''}`, text: label('outcome', last.outcome) }));
+      } else {
+        lastCell.append(el('span', { class: 'muted', text: t('vip.never') }));
+      }
+      return el('tr', { 'data-testid': 'vip-row', 'data-contact-id': c.contact_id },
+        el('td', { 'data-testid': 'vip-name', text: c.name || '' }),
+        el('td', { class: 'number', 'data-testid': 'vip-phones', text: Array.isArray(c.phones) ? c.phones.join(', ') : '' }),
+        el('td', { 'data-testid': 'vip-manager', text: personName(c.manager) }),
+        el('td', { 'data-testid': 'vip-shop', text: shopName(c.shop) }),
+        el('td', { class: 'num', 'data-testid': 'vip-progress', text: t('vip.progress_value', { done: c.done, required: c.required }) }),
+        lastCell);
+    }));
+    const period = $('vip-period');
+    period.hidden = !v;
+    period.textContent = v ? label('vip.period', v.period) : '';
+    const status = $('vip-status');
+    if (S.vipError) {
+      status.textContent = t('vip.error');
+      status.hidden = false;
+    } else if (v && !behind.length) {
+      status.textContent = t('vip.all_on_track', { count: v.on_track || 0 });
+      status.hidden = false;
+    } else if (v && v.on_track) {
+      status.textContent = t('vip.on_track', { count: v.on_track });
+      status.hidden = false;
+    } else {
+      status.hidden = true;
+    }
+  }
+
+  function refreshLead() {
+    refreshKpi();
+    refreshTasks();
+    refreshVip();
+  }
+
+  function renderFollowup() {
+    if (isAgent()) {
+      renderTasks();
+      renderPoints();
+    } else if (isLead()) {
+      renderTasks();
+      renderKpi();
+      renderVip();
+    } else { // logged out: empty both views
+      $('missed-body').replaceChildren();
+      $('team-missed-body').replaceChildren();
+      $('kpi-body').replaceChildren();
+      $('vip-body').replaceChildren();
+      for (const id of ['missed-status', 'team-missed-status', 'kpi-status', 'kpi-period', 'vip-status', 'vip-period',
+        'my-points-status', 'log-meeting-status']) $(id).hidden = true;
+      $('my-points-today').textContent = '';
+      $('my-points-month').textContent = '';
+    }
+  }
+
+  // -- notices (over the websocket) ---------------------------------------------------------
+
+  function onNotice(frame) {
+    // Kinds this page does not know are from a newer gateway: ignored.
+    if (frame.kind !== 'callback_overdue' || !frame.task || typeof frame.task !== 'object') return;
+    const task = frame.task;
+    const id = `${frame.kind}:${task.task_id}`;
+    learnShop(task);
+    if (!S.notices.some((n) => n.id === id)) {
+      S.notices.unshift({ id, kind: frame.kind, task, at: Date.now() });
+      if (S.notices.length > NOTICES_MAX) S.notices.length = NOTICES_MAX;
+      renderNotices();
+      beep();
+      desktopNotice(id, task);
+    }
+    refreshTasks(); // the task is marked overdue and escalated now
+  }
+
+  function noticeText(task) {
+    const caller = task.name ? `${task.phone} ${task.name}` : String(task.phone || t('card.hidden_number'));
+    return t('notice.callback_overdue', {
+      caller,
+      shop: task.shop_name || task.shop || t('card.unknown'),
+      owner: personName(task.owner) || t('card.unknown'),
+      due: formatInZone(task.due_at, task.timezone),
+    });
+  }
+
+  function renderNotices() {
+    const box = $('notices');
+    box.hidden = !S.notices.length;
+    box.replaceChildren(...S.notices.map((n) => {
+      const dismiss = el('button', { type: 'button', class: 'link-button', 'data-testid': 'notice-dismiss',
+        text: t('notice.dismiss') });
+      dismiss.addEventListener('click', () => {
+        S.notices = S.notices.filter((x) => x !== n);
+        renderNotices();
+      });
+      return el('div', { class: 'notice notice-banner', 'data-testid': 'notice', 'data-kind': n.kind,
+        'data-task-id': n.task.task_id },
+      el('strong', { class: 'notice-title', text: t('notice.callback_overdue_title') }),
+      el('span', { class: 'notice-text', 'data-testid': 'notice-text', text: noticeText(n.task) }),
+      dismiss);
+    }));
+  }
+
+  function desktopNotice(id, task) {
+    if (!('Notification' in window) || Notification.permission !== 'granted') return;
+    try {
+      const n = new Notification(t('notice.callback_overdue_title'), { body: noticeText(task), tag: id, lang: S.lang });
+      n.onclick = () => { window.focus(); n.close(); };
+    } catch (_) { /* e.g. a browser that wants a service worker for notifications */ }
+  }
+
   // -- my status: available / pause / do not disturb, and wrap-up ------------------------
 
   async function refreshStatus() {
@@ -1017,6 +1585,9 @@
     $('logout').addEventListener('click', onLogout);
     $('notify').addEventListener('click', askNotifications);
     $('recent-refresh').addEventListener('click', refreshRecent);
+    $('missed-refresh').addEventListener('click', () => { refreshTasks(); refreshKpi(); });
+    $('manager-refresh').addEventListener('click', refreshLead);
+    $('log-meeting').addEventListener('click', logMeeting);
     for (const b of document.querySelectorAll('#presence button[data-status]')) {
       b.addEventListener('click', () => setStatus({ status: b.dataset.status }));
     }
@@ -1033,10 +1604,10 @@
     });
     for (const kind of ['pointerdown', 'keydown']) document.addEventListener(kind, unlockAudio, { capture: true });
     window.addEventListener('online', () => {
-      if (S.user && S.user.role === 'agent' && !S.ws) { S.attempt = 0; connect(); }
+      if (usesSocket() && !S.ws) { S.attempt = 0; connect(); }
     });
     window.addEventListener('offline', () => {
-      if (S.user && S.user.role === 'agent' && S.conn !== 'connected') setConn('offline');
+      if (usesSocket() && S.conn !== 'connected') setConn('offline');
     });
 
     await setLang(pickLang(), false);
