@@ -285,7 +285,12 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
     add_contact_routes(app)
     app[FOLLOWUP] = followup
     add_followup_routes(app)
-    webhooks = Webhooks(gateway, Inbox(store), connectors_for(config.webhooks, own_url=f"http://{http.host}:{http.port}"))
+    try:
+        connectors = connectors_for(config.webhooks, own_url=f"http://{http.host}:{http.port}")
+    except ValueError as exc:  # a provider's options, checked by its connector
+        await store.close()
+        raise ConfigError(f"{config.source or '<config>'}: {exc}") from None
+    webhooks = Webhooks(gateway, Inbox(store), connectors)
     webhooks.add_routes(app, router.decide)
     await webhooks.recover()  # calls a crash left half-done, from the inbox
     runner = web.AppRunner(app, access_log=None)
