@@ -55,9 +55,9 @@ from connectors.webhook import (
     Intake,
     Request,
     WebhookRejected,
+    account_of,
     read_body,
     rejected_response,
-    remote_allowed,
 )
 from gateway.events import (
     CallEvent,
@@ -613,16 +613,10 @@ class MangoConnector:
         app.on_cleanup.append(self._close)
 
     def _account(self, request: web.Request) -> Account | web.Response:
-        account = self.accounts.get(request.match_info["account"])
-        if account is None:
-            log.warning("%s: request from %s refused: no account %r", self.name, request.remote,
-                        request.match_info["account"][:40])
-            return web.json_response({"error": "no_such_account", "message": "no such account"}, status=404)
-        if not remote_allowed(request, account.allowed_ips):
-            log.warning("%s %s: request from %s refused: not in allowed_ips", self.name, account.name,
-                        request.remote)
-            return web.json_response({"error": "forbidden", "message": "address not allowed"}, status=403)
-        return account
+        try:
+            return account_of(request, self.accounts, self.name)
+        except WebhookRejected as exc:
+            return rejected_response(exc)
 
     def _log_result(self, account: Account, event: Mapping[str, Any]) -> None:
         result = _int(event.get("result"))

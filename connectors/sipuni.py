@@ -60,8 +60,8 @@ from connectors.webhook import (
     Intake,
     Request,
     WebhookRejected,
+    account_of,
     read_body,
-    remote_allowed,
 )
 from gateway.events import (
     CallEvent,
@@ -492,11 +492,7 @@ class SipuniConnector:
             raise WebhookRejected(401, "bad_token", "the URL token is wrong or missing")
 
     def _account(self, request: web.Request) -> Account | web.Response:
-        account = self.accounts.get(request.match_info["account"])
-        if account is None:
-            return _refused(WebhookRejected(404, "no_such_account", "no such account"))
-        if not remote_allowed(request, account.allowed_ips):
-            log.warning("%s %s: request from %s refused: not in allowed_ips", self.name, account.name,
-                        request.remote)
-            return _refused(WebhookRejected(403, "forbidden", "address not allowed"))
-        return account
+        try:
+            return account_of(request, self.accounts, self.name)
+        except WebhookRejected as exc:
+            return _refused(exc)

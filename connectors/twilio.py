@@ -63,9 +63,9 @@ from connectors.webhook import (
     Intake,
     Request,
     WebhookRejected,
+    account_of,
     read_body,
     rejected_response,
-    remote_allowed,
 )
 from gateway.events import (
     CallEvent,
@@ -626,14 +626,10 @@ class TwilioConnector:
         app.router.add_post(f"/webhooks/{self.name}/{{account}}/{{kind}}", hook)
 
     def _account(self, request: web.Request) -> Account | web.Response:
-        account = self.accounts.get(request.match_info["account"])
-        if account is None:
-            return web.json_response({"error": "no_such_account", "message": "no such account"}, status=404)
-        if not remote_allowed(request, account.allowed_ips):
-            log.warning("%s %s: request from %s refused: not in allowed_ips", self.name, account.name,
-                        request.remote)
-            return web.json_response({"error": "forbidden", "message": "address not allowed"}, status=403)
-        return account
+        try:
+            return account_of(request, self.accounts, self.name)
+        except WebhookRejected as exc:
+            return rejected_response(exc)
 
     async def _endpoint(self, decide: Decide | None, account: Account, fields: Mapping[str, str]) -> str | None:
         """The manager's endpoint for this caller, or None (the default):

@@ -15,6 +15,7 @@ sees a vendor's format.
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -22,6 +23,8 @@ from typing import Protocol
 from aiohttp import web
 
 from gateway.events import CallEvent
+
+log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024  # the largest callback any of these providers sends is a few KiB
 
@@ -99,6 +102,20 @@ class Connector(Protocol):
     def call_events(self, account: str, history: Sequence[Request]) -> list[CallEvent]:
         """The normalised events of one call from every request of it kept so
         far (any order, possibly repeated), in the provider's own order. Pure."""
+
+
+def account_of(request: web.Request, accounts: Mapping[str, Account], provider: str) -> Account:
+    """The account the URL names, if the request may come from where it does:
+    WebhookRejected 404 (no such account) or 403 (not in its allowed_ips)."""
+    account = accounts.get(request.match_info["account"])
+    if account is None:
+        log.warning("%s: request from %s refused: no account %r", provider, request.remote,
+                    request.match_info["account"][:40])
+        raise WebhookRejected(404, "no_such_account", "no such account")
+    if not remote_allowed(request, account.allowed_ips):
+        log.warning("%s %s: request from %s refused: not in allowed_ips", provider, account.name, request.remote)
+        raise WebhookRejected(403, "forbidden", "address not allowed")
+    return account
 
 
 def remote_allowed(request: web.Request, allowed: Sequence[str]) -> bool:

@@ -44,9 +44,9 @@ from connectors.webhook import (
     Intake,
     Request,
     WebhookRejected,
+    account_of,
     read_body,
     rejected_response,
-    remote_allowed,
 )
 from gateway.events import (
     CallEvent,
@@ -327,14 +327,10 @@ class ZadarmaConnector:
         app.router.add_post(path, notify)
 
     def _account(self, request: web.Request) -> Account | web.Response:
-        account = self.accounts.get(request.match_info["account"])
-        if account is None:
-            return web.json_response({"error": "no_such_account", "message": "no such account"}, status=404)
-        if not remote_allowed(request, account.allowed_ips):
-            log.warning("%s %s: request from %s refused: not in allowed_ips", self.name, account.name,
-                        request.remote)
-            return web.json_response({"error": "forbidden", "message": "address not allowed"}, status=403)
-        return account
+        try:
+            return account_of(request, self.accounts, self.name)
+        except WebhookRejected as exc:
+            return rejected_response(exc)
 
 
 async def _route(decide: Decide, fields: Mapping[str, str], deadline: float) -> dict[str, object]:
