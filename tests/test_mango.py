@@ -294,7 +294,8 @@ async def test_bad_requests_are_refused_with_a_reason_and_nothing_is_kept(h: Har
         status, text = await post(http, h, first, data=b"\xff\xfe")
         assert status == 400 and "not UTF-8" in text
     assert await inbox_count(h) == 0
-    refusals = [r for r in caplog.records if r.name in ("connectors.mango", "connectors.webhook") and r.levelno == logging.WARNING]
+    refusals = [r for r in caplog.records
+                if r.name in ("connectors.mango", "connectors.webhook") and r.levelno == logging.WARNING]
     assert len(refusals) == 10 and all("refused" in r.getMessage() for r in refusals)
     assert KEY not in caplog.text and SALT not in caplog.text
 
