@@ -29,6 +29,11 @@ the routing function gets ``route_deadline``; if it names a manager, the
 gateway POSTs ``commands/route`` (signed the same way) to Mango's API. The
 reply to the notification never waits for it; the result comes back later at
 ``result/route`` and is logged.
+
+Recordings (``fetch_recording``): the ``recording_id`` of ``events/recording``
+is POSTed, signed like a command, to ``queries/recording/post/`` with
+``action: download``; Mango answers a redirect to a one-time link (followed,
+without the signed form) or the file itself.
 """
 
 from __future__ import annotations
@@ -47,7 +52,9 @@ from urllib.parse import parse_qsl, urlencode
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
+from connectors.download import MAX_RECORDING, RecordingFetchFailed, fetch, file_of
 from connectors.webhook import (
     Accepted,
     Account,
@@ -92,6 +99,7 @@ CALLER_HUNG_UP = 1110
 _DIAL_STATUS = {1110: DialStatus.CANCEL, 1111: DialStatus.NOANSWER, 1121: DialStatus.BUSY,
                 1122: DialStatus.BUSY, 1170: DialStatus.NOANSWER, 1182: DialStatus.CANCEL}
 _Q850 = {1111: 19, 1121: 17, 1122: 21, 1182: 26}  # the record keeps Q.850 causes like every other source
+RECORDING_QUERY = "queries/recording/post/"
 ROUTE_RESULTS = {1000: "done", 4001: "not supported", 4100: "not allowed for this call", 4101: "the call is gone"}
 
 
@@ -557,12 +565,36 @@ class MangoConnector:
                                      f"{' or '.join(repr(v) for v in OPTIONS[key])}, got {value!r}")
         self.name = name
         self.accounts = {a.name: a for a in accounts}
-        self._session: aiohttp.ClientSession | None = None
+        self.max_recording = MAX_RECORDING  # bytes
+        self._session: aiohttp.ClientSession | None = None  # commands and recordings
         self._tasks: set[asyncio.Task[None]] = set()
         self._routed: OrderedDict[tuple[str, str], None] = OrderedDict()  # (account, entry_id)
 
     def call_events(self, account: str, history: Sequence[Request]) -> list[CallEvent]:
         return call_events(self.name, self.accounts[account], history)
+
+    async def fetch_recording(self, account: str, ref: str) -> bytes:
+        """The file of recording ``ref`` (a ``recording_id``), downloaded through
+        ``queries/recording/post/``."""
+        found = self.accounts.get(account)
+        if found is None:
+            raise RecordingFetchFailed(self.name, account, "no such account")
+        key, salt = found.secrets.get("key", ""), found.secrets.get("salt", "")
+        if not key or not salt:
+            raise RecordingFetchFailed(self.name, account, "the key and the salt are needed to download recordings")
+        text = json.dumps({"recording_id": ref, "action": "download"}, separators=(",", ":"), ensure_ascii=False)
+        url = URL(f"{(found.api_base_url or DEFAULT_API).rstrip('/')}/{RECORDING_QUERY}")
+        answer = await fetch(self._client(), self.name, account, "POST", url, limit=self.max_recording,
+                             form={"vpbx_api_key": key, "sign": sign(key, text, salt), "json": text})
+        if answer.ok and (answer.content_type == "application/json" or answer.body[:1] == b"{"):
+            # An answer in JSON is Mango refusing (a result code), not a file.
+            try:
+                result = _int(json.loads(answer.body).get("result"))
+            except (ValueError, RecursionError, AttributeError):
+                result = None
+            raise RecordingFetchFailed(self.name, account, f"HTTP {answer.status} from {answer.host}: "
+                                       f"result {result}, no file", answer.status)
+        return file_of(answer, self.name, account, f"recording {ref[:80]}")
 
     @property
     def routes_in_flight(self) -> int:
@@ -666,10 +698,8 @@ class MangoConnector:
         key, salt = account.secrets.get("key", ""), account.secrets.get("salt", "")
         body = urlencode({"vpbx_api_key": key, "sign": sign(key, text, salt), "json": text})
         url = f"{(account.api_base_url or DEFAULT_API).rstrip('/')}/{service}"
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=COMMAND_TIMEOUT))
         try:
-            async with self._session.post(url, data=body.encode(), headers={
+            async with self._client().post(url, data=body.encode(), headers={
                     "Content-Type": "application/x-www-form-urlencoded"}) as response:
                 answer = (await response.text())[:200]
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
@@ -683,7 +713,17 @@ class MangoConnector:
             log.info("%s %s: %s %s sent (to %s): %s", self.name, account.name, service, command.get("command_id"),
                      command.get("to_number"), answer)
 
+    def _client(self) -> aiohttp.ClientSession:
+        """The one HTTP client: commands use its timeout, downloads their own."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=COMMAND_TIMEOUT))
+        return self._session
+
     async def _close(self, app: web.Application) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Cancel the routing under way and close the HTTP client (the app's cleanup does it)."""
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

@@ -41,6 +41,11 @@ In the samples the DID appears only when the call reached no extension (the
 missed call's ``dst_num``); ``options.number`` gives the account's line for
 inbound calls whose events name none (a one-number account), so they get the
 plan's shop and channel. Sipuni has no routing callback: no routing here.
+
+Recordings (``fetch_recording``): the reference is the event's
+``call_record_link`` itself, a link Sipuni signs with its own token; it is
+fetched as it is, with no credentials of ours, and only over http(s). The link
+is never logged (its query is a credential).
 """
 
 from __future__ import annotations
@@ -51,8 +56,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
+import aiohttp
 from aiohttp import web
+from yarl import URL
 
+from connectors.download import MAX_RECORDING, TIMEOUT, RecordingFetchFailed, fetch, file_of, is_web_url
 from connectors.webhook import (
     Accepted,
     Account,
@@ -441,9 +449,35 @@ class SipuniConnector:
     def __init__(self, accounts: Sequence[Account], name: str = "sipuni") -> None:
         self.name = name
         self.accounts = {a.name: a for a in accounts}
+        self.max_recording = MAX_RECORDING  # bytes
+        self._session: aiohttp.ClientSession | None = None
 
     def call_events(self, account: str, history: Sequence[Request]) -> list[CallEvent]:
         return call_events(self.name, self.accounts[account], history)
+
+    async def fetch_recording(self, account: str, ref: str) -> bytes:
+        """The file behind ``ref``, the call's ``call_record_link``."""
+        if account not in self.accounts:
+            raise RecordingFetchFailed(self.name, account, "no such account")
+        if not is_web_url(ref):
+            # file:, ftp:, a relative path...: nothing but the web is fetched.
+            raise RecordingFetchFailed(self.name, account, "refused: the recording link is not an http(s) URL")
+        answer = await fetch(self._client(), self.name, account, "GET", URL(ref), limit=self.max_recording)
+        return file_of(answer, self.name, account, "the recording")
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=TIMEOUT)
+        return self._session
+
+    async def close(self) -> None:
+        """Close the HTTP client of the downloads (the app's cleanup does it too)."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _close(self, app: web.Application) -> None:
+        await self.close()
 
     def add_routes(self, app: web.Application, intake: Intake, decide: Decide | None,
                    clock: Callable[[], float]) -> None:
@@ -482,6 +516,7 @@ class SipuniConnector:
         for path in (base, base + "/", base + "/{token}", base + "/{token}/"):
             app.router.add_get(path, event, allow_head=False)
             app.router.add_post(path, event)
+        app.on_cleanup.append(self._close)
 
     @staticmethod
     def _check_token(account: Account, given: str | None) -> None:

@@ -35,6 +35,13 @@ default. A manager who does not answer hands the call on to the default
 (``dial-action?then=default``); when nobody answers the default either, the
 reply is ``options.voicemail_twiml`` (else an empty ``<Response/>``, which
 ends the call).
+
+Recordings (``fetch_recording``): the reference is the ``RecordingSid``; the
+file is ``GET {api}/2010-04-01/Accounts/{options.account_sid}/Recordings/{sid}.mp3``
+with HTTP basic auth (the Account SID and the Auth Token). A reference that is
+a URL (a ``RecordingUrl``) is fetched (+ ``.mp3``) only on api.twilio.com or
+the configured ``api_base_url``: the credentials go nowhere else, not even
+after a redirect (Twilio redirects to its storage, which needs none).
 """
 
 from __future__ import annotations
@@ -51,11 +58,23 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timezone
 from email.utils import parsedate_to_datetime
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 from xml.sax.saxutils import escape, quoteattr
 
+import aiohttp
 from aiohttp import web
+from yarl import URL
 
+from connectors.download import (
+    MAX_RECORDING,
+    TIMEOUT,
+    RecordingFetchFailed,
+    basic_auth,
+    fetch,
+    file_of,
+    is_web_url,
+    origin,
+)
 from connectors.webhook import (
     Accepted,
     Account,
@@ -85,7 +104,9 @@ log = logging.getLogger(__name__)
 
 KINDS = ("voice", "status", "child-status", "dial-action", "recording")
 STATUS_KINDS = ("status", "child-status")
-OPTIONS = ("dial", "endpoints", "default_dial", "voicemail_twiml", "timeout", "record")
+OPTIONS = ("dial", "endpoints", "default_dial", "voicemail_twiml", "timeout", "record", "account_sid")
+DEFAULT_API = "https://api.twilio.com"
+_SID = re.compile(r"[A-Za-z0-9]{2,64}")  # a RecordingSid (RE + 32 hex); nothing that changes the path
 RECORD_MODES = ("do-not-record", "record-from-answer", "record-from-ringing", "record-from-answer-dual",
                 "record-from-ringing-dual")
 RING_TIMEOUT = 20  # seconds <Dial> rings before its action is asked what next
@@ -570,6 +591,8 @@ class TwilioConnector:
     def __init__(self, accounts: Sequence[Account], name: str = "twilio") -> None:
         self.name = name
         self.accounts = {a.name: a for a in accounts}
+        self.max_recording = MAX_RECORDING  # bytes
+        self._session: aiohttp.ClientSession | None = None
         self.dialling = {a.name: Dialling.of(a) for a in accounts}
         self.prefixes = {a.name: url_variants(a.public_url) for a in accounts}
         for account in accounts:
@@ -579,6 +602,38 @@ class TwilioConnector:
 
     def call_events(self, account: str, history: Sequence[Request]) -> list[CallEvent]:
         return call_events(self.name, self.accounts[account], self.dialling[account], history)
+
+    async def fetch_recording(self, account: str, ref: str) -> bytes:
+        """The MP3 of recording ``ref`` (a RecordingSid, or a RecordingUrl on Twilio's API)."""
+        found = self.accounts.get(account)
+        if found is None:
+            raise RecordingFetchFailed(self.name, account, "no such account")
+        sid, token = found.options.get("account_sid", ""), found.secrets.get("auth_token", "")
+        if not sid or not token:
+            raise RecordingFetchFailed(self.name, account, "options.account_sid and the auth_token are needed to "
+                                       "download recordings")
+        base = (found.api_base_url or DEFAULT_API).rstrip("/")
+        if "://" in ref:
+            url = self._api_url(found, base, ref)
+        elif _SID.fullmatch(ref):
+            url = URL(f"{base}/2010-04-01/Accounts/{quote(sid, safe='')}/Recordings/{ref}.mp3")
+        else:
+            raise RecordingFetchFailed(self.name, account, "the reference is neither a RecordingSid nor a URL")
+        answer = await fetch(self._client(), self.name, account, "GET", url, limit=self.max_recording,
+                             headers={"Authorization": basic_auth(sid, token)})
+        return file_of(answer, self.name, account, "the recording")
+
+    def _api_url(self, account: Account, base: str, ref: str) -> URL:
+        """A RecordingUrl + ".mp3", if it is on Twilio's API (or the configured
+        one): the credentials are for there only."""
+        if not is_web_url(ref):
+            raise RecordingFetchFailed(self.name, account.name, "refused: the recording URL is not http(s)")
+        url = URL(ref)
+        allowed = {origin(URL(base)), origin(URL(DEFAULT_API))}
+        if origin(url) not in allowed or url.query_string or url.fragment:
+            raise RecordingFetchFailed(self.name, account.name, f"refused: the recording URL is on {url.host}, not "
+                                       "Twilio's API: the credentials are not sent there")
+        return url if url.path.endswith(".mp3") else url.with_path(url.path + ".mp3")
 
     def add_routes(self, app: web.Application, intake: Intake, decide: Decide | None,
                    clock: Callable[[], float]) -> None:
@@ -624,6 +679,21 @@ class TwilioConnector:
             return web.Response(text=twiml, content_type="text/xml")
 
         app.router.add_post(f"/webhooks/{self.name}/{{account}}/{{kind}}", hook)
+        app.on_cleanup.append(self._close)
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=TIMEOUT)
+        return self._session
+
+    async def close(self) -> None:
+        """Close the HTTP client of the downloads (the app's cleanup does it too)."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _close(self, app: web.Application) -> None:
+        await self.close()
 
     def _account(self, request: web.Request) -> Account | web.Response:
         try:

@@ -71,6 +71,10 @@ class WebhookRejected(Exception):
         self.message = message
 
 
+class RecordingNotReady(Exception):
+    """The provider has no file for this recording yet (it is still being processed)."""
+
+
 class Route(Protocol):
     """What the routing function answers (``gateway.routing.RouteDecision``)."""
 
@@ -102,6 +106,12 @@ class Connector(Protocol):
     def call_events(self, account: str, history: Sequence[Request]) -> list[CallEvent]:
         """The normalised events of one call from every request of it kept so
         far (any order, possibly repeated), in the provider's own order. Pure."""
+
+    async def fetch_recording(self, account: str, ref: str) -> bytes:
+        """The audio file of a recording this connector reported as
+        ``{provider}://{account}/{ref}``, downloaded from the provider with the
+        account's credentials. RecordingNotReady when the provider does not
+        have it yet (try later); any other exception: this attempt failed."""
 
 
 def account_of(request: web.Request, accounts: Mapping[str, Account], provider: str) -> Account:

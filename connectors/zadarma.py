@@ -19,6 +19,12 @@ Routing: the reply to ``NOTIFY_START`` may send the call to an extension
 (``{"redirect": "101", ...}``); the routing function gets ``route_deadline``
 (1 s) and after it, or on any error, the reply carries nothing and the PBX
 follows its own scenario.
+
+Recordings (``fetch_recording``): the id a call's events give
+(``call_id_with_rec``) is asked of the API, ``GET /v1/pbx/record/request/``,
+which answers a temporary link to the file. The API request is signed as
+Zadarma's own clients sign it (``api_signature``) with the account's API key
+(``options.api_key``) and secret; the link itself needs no credentials.
 """
 
 from __future__ import annotations
@@ -27,21 +33,37 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import json
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
-from urllib.parse import parse_qsl
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
 from zoneinfo import ZoneInfo
 
+import aiohttp
 from aiohttp import web
+from yarl import URL
 
+from connectors.download import (
+    MAX_ANSWER,
+    MAX_RECORDING,
+    TIMEOUT,
+    Answer,
+    RecordingFetchFailed,
+    fetch,
+    file_of,
+    is_web_url,
+)
 from connectors.webhook import (
     Accepted,
     Account,
     Decide,
     Intake,
+    RecordingNotReady,
     Request,
     WebhookRejected,
     account_of,
@@ -75,6 +97,11 @@ SIGNED_FIELDS: Mapping[str, tuple[str, ...]] = {
     "NOTIFY_OUT_END": ("internal", "destination", "call_start"),
     "NOTIFY_RECORD": ("pbx_call_id", "call_id_with_rec"),
 }
+API_BASES = {"zadarma": "https://api.zadarma.com", "novofon": "https://api.novofon.com"}
+RECORD_REQUEST = "/v1/pbx/record/request/"
+# Zadarma documents no answer for "the file is not made yet"; these words in
+# an error's message are read as that (an assumption: the caller retries anyway).
+_NOT_READY = re.compile(r"not (?:found|ready|exist)|no record|не найден|не готов", re.IGNORECASE)
 RETURN_TIMEOUT = 20  # seconds a redirected call rings the manager before it goes back to the scenario
 BRIDGE = "zadarma-talk"
 
@@ -83,6 +110,18 @@ def signature(secret: str, fields: Mapping[str, str], event: str) -> str:
     signed = "".join(fields.get(name, "") for name in SIGNED_FIELDS[event])
     digest = hmac.new(secret.encode(), signed.encode(), hashlib.sha1).hexdigest()
     return base64.b64encode(digest.encode()).decode()
+
+
+def api_signature(secret: str, method: str, params: Mapping[str, str]) -> tuple[str, str]:
+    """The query string and the ``Authorization`` signature of an API request,
+    as Zadarma's clients (user-api-v1 ``lib/Client.php``, user-api-py-v1) make
+    them: the parameters sorted by name and URL-encoded (spaces as '+'), then
+    base64 of the *hex* HMAC-SHA1, keyed by the secret, of the method's path +
+    that query + the hex MD5 of that query. The header is ``key:signature``."""
+    query = urlencode(sorted(params.items()))
+    signed = method + query + hashlib.md5(query.encode()).hexdigest()
+    digest = hmac.new(secret.encode(), signed.encode(), hashlib.sha1).hexdigest()
+    return query, base64.b64encode(digest.encode()).decode()
 
 
 def _form(body: bytes) -> dict[str, str]:
@@ -275,9 +314,72 @@ class ZadarmaConnector:
     def __init__(self, accounts: Sequence[Account], name: str = "zadarma") -> None:
         self.name = name
         self.accounts = {a.name: a for a in accounts}
+        self.max_recording = MAX_RECORDING  # bytes
+        self._session: aiohttp.ClientSession | None = None
 
     def call_events(self, account: str, history: Sequence[Request]) -> list[CallEvent]:
         return call_events(self.name, self.accounts[account], history)
+
+    async def fetch_recording(self, account: str, ref: str) -> bytes:
+        """The file of recording ``ref`` (a ``call_id_with_rec``): its link from
+        the API, then the file from the link."""
+        found = self.accounts.get(account)
+        if found is None:
+            raise RecordingFetchFailed(self.name, account, "no such account")
+        api_key, secret = found.options.get("api_key", ""), found.secrets.get("secret", "")
+        if not api_key or not secret:
+            raise RecordingFetchFailed(self.name, account, "options.api_key and the secret are needed to "
+                                       "download recordings")
+        base = (found.api_base_url or API_BASES.get(self.name, API_BASES["zadarma"])).rstrip("/")
+        # format=json: the official clients add it to every request, so it is signed too.
+        query, signature = api_signature(secret, RECORD_REQUEST, {"call_id": ref, "format": "json"})
+        answer = await fetch(self._client(), self.name, account, "GET",
+                             URL(f"{base}{RECORD_REQUEST}?{query}", encoded=True),  # sent as signed
+                             limit=MAX_ANSWER, headers={"Authorization": f"{api_key}:{signature}"})
+        link = self._link(account, answer)
+        return file_of(await fetch(self._client(), self.name, account, "GET", URL(link), limit=self.max_recording),
+                       self.name, account, "the recording file")
+
+    def _link(self, account: str, answer: Answer) -> str:
+        """The download link of the API's answer ``{"status": "success", "link": ...}``
+        (or ``"links": [...]``)."""
+        if answer.status == 404:
+            raise RecordingNotReady(f"{self.name} {account}: no recording yet (HTTP 404 from {answer.host})")
+        data: Any = None
+        try:
+            data = json.loads(answer.body)
+        except (ValueError, RecursionError):
+            pass
+        if not isinstance(data, dict):
+            raise RecordingFetchFailed(self.name, account, f"HTTP {answer.status} from {answer.host}, not a JSON "
+                                       "object", answer.status)
+        message = str(data.get("message", ""))[:200]
+        if not answer.ok or data.get("status") != "success":
+            if _NOT_READY.search(message):
+                raise RecordingNotReady(f"{self.name} {account}: no recording yet (HTTP {answer.status}: {message})")
+            raise RecordingFetchFailed(self.name, account, f"HTTP {answer.status} from {answer.host}: "
+                                       f"{data.get('status')!s:.20} {message}", answer.status)
+        links = data.get("links")
+        link = data.get("link") or (links[0] if isinstance(links, list) and links else None)
+        if not link:
+            raise RecordingNotReady(f"{self.name} {account}: the API gave no link yet")
+        if not isinstance(link, str) or not is_web_url(link):
+            raise RecordingFetchFailed(self.name, account, "the API's link is not an http(s) URL")
+        return link
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=TIMEOUT)
+        return self._session
+
+    async def close(self) -> None:
+        """Close the HTTP client of the downloads (the app's cleanup does it too)."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _close(self, app: web.Application) -> None:
+        await self.close()
 
     def add_routes(self, app: web.Application, intake: Intake, decide: Decide | None,
                    clock: Callable[[], float]) -> None:
@@ -325,6 +427,7 @@ class ZadarmaConnector:
 
         app.router.add_get(path, echo)
         app.router.add_post(path, notify)
+        app.on_cleanup.append(self._close)
 
     def _account(self, request: web.Request) -> Account | web.Response:
         try:

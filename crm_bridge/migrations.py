@@ -249,6 +249,57 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX webhook_inbox_pending ON webhook_inbox (done, inbox_id);
         """,
     ),
+    (
+        9,
+        # Recordings: one per call, fetched from the PBX (a file Asterisk wrote,
+        # or a provider's download), transcoded, kept under a name the gateway
+        # makes. status: pending (to fetch; next_attempt_at), ready, missing
+        # (gave up after the retries; error says why), purged (retention),
+        # erased (personal data). Every listen is audited. A call under legal
+        # hold keeps its recording past retention.
+        """
+        CREATE TABLE recordings (
+            call_id         TEXT PRIMARY KEY,
+            source          TEXT NOT NULL,   -- the record's recording_path: a PBX file or provider://account/id
+            status          TEXT NOT NULL,
+            file            TEXT,            -- the gateway's own file name in the recordings directory
+            content_type    TEXT,
+            duration        REAL,            -- seconds
+            size            INTEGER,         -- bytes
+            peaks           TEXT,            -- JSON array of 0..1, the player's waveform
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL,
+            error           TEXT,
+            created_at      REAL NOT NULL,
+            updated_at      REAL NOT NULL
+        );
+        CREATE INDEX recordings_due ON recordings (status, next_attempt_at);
+        CREATE TABLE recording_listens (
+            listen_id INTEGER PRIMARY KEY,
+            call_id   TEXT NOT NULL,
+            login     TEXT NOT NULL,
+            at        REAL NOT NULL,
+            bytes     INTEGER NOT NULL,
+            range     TEXT,                -- the Range header asked for, if any
+            remote    TEXT
+        );
+        CREATE INDEX recording_listens_at ON recording_listens (at);
+        CREATE TABLE legal_holds (
+            call_id TEXT PRIMARY KEY,
+            set_by  TEXT NOT NULL,
+            set_at  REAL NOT NULL,
+            reason  TEXT
+        );
+        CREATE TABLE privacy_log (
+            entry_id INTEGER PRIMARY KEY,
+            at       REAL NOT NULL,
+            login    TEXT NOT NULL,
+            action   TEXT NOT NULL,        -- export | erase | purge
+            subject  TEXT NOT NULL,        -- the phone number, or "retention"
+            detail   TEXT NOT NULL         -- JSON: what was exported, erased or purged
+        );
+        """,
+    ),
 ]
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

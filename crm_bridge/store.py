@@ -320,6 +320,14 @@ class Store:
     async def _summaries(self, sql: str, params: tuple[Any, ...]) -> list[CallSummary]:
         return [CallSummary(*row) for row in await self.read(sql, params)]
 
+    async def call(self, call_id: str) -> CallRecord | None:
+        """One call's record with its legs, or None."""
+        rows = await self.read(f"{_SELECT_CALLS} AS c WHERE c.call_id = ?", (call_id,))
+        if not rows:
+            return None
+        legs = await self.read(f"{_SELECT_LEGS} WHERE l.call_id = ? ORDER BY l.started_at, l.leg_id", (call_id,))
+        return _call_from_row(rows[0], [_leg_from_row(leg) for leg in legs])
+
     async def calls(self, *, since: float | None = None) -> list[CallRecord]:
         """Stored calls with ``started_at >= since`` (all when None), oldest first.
 

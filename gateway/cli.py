@@ -41,6 +41,10 @@ from gateway.presence import Presence
 from gateway.routing import Router
 from gateway.webhooks import Webhooks, connectors_for
 from crm_bridge.inbox import Inbox
+from recordings.api import PLAYER, Player
+from recordings.api import add_routes as add_recording_routes
+from recordings.collector import Collector
+from recordings.storage import Recordings
 from gateway.record import CallRecord
 from gateway.replay import replay_capture
 from gateway.service import Gateway
@@ -248,9 +252,15 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
     click_to_call = ClickToCall(store, AmiDialer(link, dial_string=routing.dial_string), plans, directory, time.time,
                                 region=http.default_region, contacts=contacts)
     followup = Followup(store, plans=plans, directory=directory, kpi=config.kpi, vip=config.vip, hub=hub)
+    rec = config.recordings
+    recordings = Recordings(store)
+    collector = Collector(recordings, directory=rec.directory, asterisk_dir=rec.asterisk_dir,
+                          asterisk_prefix=rec.asterisk_prefix, fmt=rec.format, bitrate=rec.bitrate,
+                          keep_original=rec.keep_original, concurrency=rec.concurrency)
     gateway = Gateway(store, hub=hub, metrics=metrics, region=http.default_region,
                       crm_url_template=http.crm_url_template, plans=plans, contacts=contacts,
-                      presence=presence, click_to_call=click_to_call, followup=followup, on_record=on_record)
+                      presence=presence, click_to_call=click_to_call, followup=followup, collector=collector,
+                      on_record=on_record)
     gateway_ref.append(gateway)
     router = Router(
         contacts=contacts, plans=plans, directory=directory, presence=presence, clock=time.time,
@@ -291,6 +301,10 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
         await store.close()
         raise ConfigError(f"{config.source or '<config>'}: {exc}") from None
     webhooks = Webhooks(gateway, Inbox(store), connectors)
+    collector.fetchers.update({name: connector.fetch_recording for name, connector in connectors.items()})
+    app[PLAYER] = Player(recordings, rec.directory, agents_hear_own=rec.agents_hear_own,
+                         link_seconds=rec.link_minutes * 60)
+    add_recording_routes(app)
     webhooks.add_routes(app, router.decide)
     await webhooks.recover()  # calls a crash left half-done, from the inbox
     runner = web.AppRunner(app, access_log=None)
@@ -332,6 +346,7 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
     consumer = asyncio.create_task(gateway.consume_ami(link, normaliser), name="ami-consumer")
     sla_watch = asyncio.create_task(followup.watch(), name="sla-watch")
     webhook_consumer = asyncio.create_task(webhooks.run(), name="webhooks")
+    collecting = asyncio.create_task(collector.run(), name="recordings")
     log.info("gateway running: AMI %s:%s, HTTP http://%s:%s/, store %s", settings.host, settings.port,
              http.host, port, config.store.path)
     if started is not None:
@@ -355,7 +370,8 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
         except asyncio.TimeoutError:
             log.warning("webhooks still queued at shutdown: they are rebuilt from the inbox at the next start")
         webhook_consumer.cancel()
-        await asyncio.gather(webhook_consumer, return_exceptions=True)
+        collecting.cancel()
+        await asyncio.gather(webhook_consumer, collecting, return_exceptions=True)
         await gateway.drain()
         await store.close()
     return 0

@@ -116,6 +116,19 @@ class WebhookAccount:
 
 
 @dataclass(frozen=True)
+class RecordingsConfig:
+    directory: Path = Path("var/recordings")  # where the gateway keeps its transcoded files
+    asterisk_dir: Path | None = None  # where the gateway reads the files MixMonitor wrote (a mount)
+    asterisk_prefix: str = "/var/spool/asterisk/monitor/"  # the same directory as Asterisk names it
+    format: str = "opus"  # opus (Ogg) or mp3
+    bitrate: str = "24k"
+    keep_original: bool = True  # False: delete Asterisk's file once transcoded
+    concurrency: int = 2  # transcodings at once (each runs ffmpeg off the event loop)
+    agents_hear_own: bool = False  # agents may play the calls they took part in
+    link_minutes: float = 30.0  # how long a player's signed link stays valid
+
+
+@dataclass(frozen=True)
 class WebhooksConfig:
     public_base_url: str | None = None  # the gateway as providers reach it (signatures over URLs)
     accounts: tuple[WebhookAccount, ...] = ()
@@ -134,6 +147,7 @@ class Config:
     kpi: KpiRules = KpiRules()
     vip: VipPlan = VipPlan()
     webhooks: WebhooksConfig = field(default_factory=lambda: WebhooksConfig())
+    recordings: RecordingsConfig = field(default_factory=lambda: RecordingsConfig())
 
     def agent_devices(self) -> dict[str, str]:
         """Device name -> extension, for the AMI channel classifier."""
@@ -206,7 +220,7 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None, environ: Mappi
     where = str(source) if source else "<config>"
     base = source.parent if source else Path.cwd()
     known = {"ami", "http", "store", "agents", "users", "shops", "numbers", "plan", "routing", "kpi", "vip",
-             "webhooks"}
+             "webhooks", "recordings"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{where}: [{key}]: unknown section (known: {', '.join(sorted(known))})")
@@ -285,7 +299,43 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None, environ: Mappi
     r.check_unknown()
     return Config(source=source, ami=ami, http=http, store=store, agents=agents, users=users, plan=plan,
                   routing=routing, kpi=_kpi(table("kpi")), vip=_vip(table("vip")),
-                  webhooks=_webhooks(data.get("webhooks", {}), where, base, environ))
+                  webhooks=_webhooks(data.get("webhooks", {}), where, base, environ),
+                  recordings=_recordings(table("recordings"), base))
+
+
+def _recordings(r: _Reader, base: Path) -> RecordingsConfig:
+    def path(key: str, default: str | None) -> Path | None:
+        raw = r.get(key, str, default, "a directory path")
+        if raw is None:
+            return None
+        value = Path(raw)
+        return value if value.is_absolute() else base / value
+
+    fmt = r.text("format", "opus")
+    if fmt not in ("opus", "mp3"):
+        raise r._fail("format", '"opus" (Ogg) or "mp3"', fmt)
+    bitrate = r.text("bitrate", "24k")
+    if not bitrate[:-1].isdigit() or bitrate[-1] != "k" or not 8 <= int(bitrate[:-1]) <= 320:
+        raise r._fail("bitrate", 'kilobits per second like "24k" (8k to 320k)', bitrate)
+    concurrency = r.get("concurrency", int, 2, "a whole number from 1 to 16")
+    if not 1 <= concurrency <= 16:
+        raise r._fail("concurrency", "a whole number from 1 to 16", concurrency)
+    prefix = r.text("asterisk_prefix", "/var/spool/asterisk/monitor/")
+    directory = path("directory", "var/recordings")
+    assert directory is not None
+    config = RecordingsConfig(
+        directory=directory,
+        asterisk_dir=path("asterisk_dir", None),
+        asterisk_prefix=prefix if prefix.endswith("/") else prefix + "/",
+        format=fmt,
+        bitrate=bitrate,
+        keep_original=r.get("keep_original", bool, True, "true or false"),
+        concurrency=concurrency,
+        agents_hear_own=r.get("agents_hear_own", bool, False, "true or false"),
+        link_minutes=r.seconds("link_minutes", 30.0),
+    )
+    r.check_unknown()
+    return config
 
 
 def _webhooks(data: Any, where: str, base: Path, environ: Mapping[str, str]) -> WebhooksConfig:
@@ -435,6 +485,9 @@ def _plan(data: Mapping[str, Any], where: str, logins: set[str], region: str) ->
         sla = r.get("callback_sla_minutes", float, 30.0, "minutes of working time, a number > 0")
         if not sla > 0:
             raise r._fail("callback_sla_minutes", "minutes of working time, a number > 0", sla)
+        keep_days = r.get("recordings_days", int, 365, "days to keep recordings, >= 0 (0: forever)")
+        if keep_days < 0:
+            raise r._fail("recordings_days", "days to keep recordings, >= 0 (0: forever)", keep_days)
         vip_calls = r.get("vip_calls", int, None, "a whole number of calls >= 0")
         if vip_calls is not None and vip_calls < 0:
             raise r._fail("vip_calls", "a whole number of calls >= 0", vip_calls)
@@ -449,6 +502,7 @@ def _plan(data: Mapping[str, Any], where: str, logins: set[str], region: str) ->
             default_owner=default_owner,
             callback_sla_minutes=float(sla),
             vip_calls=vip_calls,
+            recordings_days=keep_days,
         )
         r.check_unknown()
     lines: dict[str, Line] = {}

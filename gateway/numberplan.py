@@ -29,6 +29,7 @@ class Shop:
     default_owner: str | None = None  # owns callback tasks of callers who have no manager
     callback_sla_minutes: float = 30.0  # of working time, to call a missed customer back
     vip_calls: int | None = None  # answered outbound calls per period a VIP gets; None: [vip] calls
+    recordings_days: int = 365  # recordings of this shop's calls are kept this long (0: forever)
 
     def is_open(self, at: float) -> bool:
         """Whether ``at`` (epoch seconds) falls in the shop's working hours, in its time zone."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import replace
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -30,6 +31,8 @@ from gateway.numberplan import NumberPlan, PlanBook
 from gateway.presence import Presence
 from gateway.record import CallRecord
 from gateway.tracker import CallTracker
+from recordings.collector import Collector
+from recordings.storage import job_statements
 from gateway.users import Directory
 
 log = logging.getLogger(__name__)
@@ -58,9 +61,11 @@ class Gateway:
         presence: Presence | None = None,
         click_to_call: ClickToCall | None = None,
         followup: Followup | None = None,
+        collector: Collector | None = None,
         on_record: RecordListener | None = None,
     ) -> None:
         self.store = store
+        self.collector = collector
         self.followup = followup
         self.click_to_call = click_to_call
         self.presence = presence
@@ -163,6 +168,8 @@ class Gateway:
                                                   manager_of=self._login_of)
         if self.followup is not None:
             also += self.followup.call_statements(record)
+        if self.collector is not None and record.recording_path:
+            also += job_statements(record.call_id, record.recording_path, time.time())
         try:
             await self.store.save_call(record, also=also)
         except StoreError as exc:
@@ -177,6 +184,8 @@ class Gateway:
             except StoreError as again:
                 log.error("call %s could not be stored: %s", record.call_id, again)
                 return
+        if self.collector is not None and record.recording_path:
+            self.collector.poke()
         if self._on_record is not None:
             self._on_record(record)
 

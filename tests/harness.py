@@ -34,6 +34,10 @@ from gateway.webhooks import Webhooks, connectors_for
 from gateway.config import WebhooksConfig
 from crm_bridge.contacts import e164
 from crm_bridge.inbox import Inbox
+from recordings.api import PLAYER, Player
+from recordings.api import add_routes as add_recording_routes
+from recordings.collector import Collector
+from recordings.storage import Recordings
 from gateway.auth import Signer, hash_password
 from gateway.click_to_call import ClickToCall
 from gateway.config import HttpConfig
@@ -75,7 +79,9 @@ class Harness:
     def __init__(self, tmp_path: Path, *, users: tuple[User, ...] | None = None,
                  http: HttpConfig | None = None, clock: Callable[[], float] = time.time,
                  plans: PlanBook | None = None, kpi: KpiRules | None = None, vip: VipPlan | None = None,
-                 webhooks: WebhooksConfig | None = None, consume_webhooks: bool = True) -> None:
+                 webhooks: WebhooksConfig | None = None, consume_webhooks: bool = True,
+                 agents_hear_own: bool = False) -> None:
+        self.agents_hear_own = agents_hear_own
         self.plans = plans
         self.webhooks_config = webhooks or WebhooksConfig()
         self.consume_webhooks = consume_webhooks  # False: as if the process died after each 2xx
@@ -111,16 +117,24 @@ class Harness:
         plans = self.plans or PlanBook(NumberPlan())
         self.click_to_call = ClickToCall(self.store, AmiDialer(self.link), plans, self.directory, self.clock,
                                          region=self.http.default_region, contacts=self.contacts)
+        self.recordings = Recordings(self.store)
+        self.recordings_dir = self.tmp_path / "recordings"
+        self.asterisk_dir = self.tmp_path / "asterisk-monitor"  # stands for Asterisk's MixMonitor directory
+        self.asterisk_dir.mkdir(exist_ok=True)
+        self.collector = Collector(self.recordings, directory=self.recordings_dir, asterisk_dir=self.asterisk_dir,
+                                   asterisk_prefix="/var/spool/asterisk/recordings/", clock=self.clock)
         self.followup = Followup(self.store, plans=plans, directory=self.directory, kpi=self.kpi, vip=self.vip,
                                  hub=self.hub, clock=self.clock)
         self.gateway = Gateway(self.store, hub=self.hub, metrics=self.metrics, region=self.http.default_region,
                                crm_url_template=self.http.crm_url_template, plans=plans,
                                contacts=self.contacts, presence=self.presence, click_to_call=self.click_to_call,
-                               followup=self.followup, on_record=self._on_record)
+                               followup=self.followup, collector=self.collector, on_record=self._on_record)
         self.router = Router(contacts=self.contacts, plans=plans, directory=self.directory, presence=self.presence,
                              clock=self.clock, normalise=lambda raw: e164(raw, self.http.default_region))
         self.webhooks = Webhooks(self.gateway, Inbox(self.store),
                                  connectors_for(self.webhooks_config, own_url="http://127.0.0.1"), clock=self.clock)
+        self.collector.fetchers.update(
+            {name: connector.fetch_recording for name, connector in self.webhooks.connectors.items()})
         self._webhook_consumer = None
         if self.consume_webhooks:
             await self.webhooks.recover()
@@ -142,6 +156,8 @@ class Harness:
         app[FOLLOWUP] = self.followup
         add_followup_routes(app)
         self.webhooks.add_routes(app, self.router.decide)
+        app[PLAYER] = Player(self.recordings, self.recordings_dir, agents_hear_own=self.agents_hear_own)
+        add_recording_routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
