@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import replace
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -169,7 +168,7 @@ class Gateway:
         if self.followup is not None:
             also += self.followup.call_statements(record)
         if self.collector is not None and record.recording_path:
-            also += job_statements(record.call_id, record.recording_path, time.time())
+            also += job_statements(record.call_id, record.recording_path, self.collector.clock())
         try:
             await self.store.save_call(record, also=also)
         except StoreError as exc:

@@ -84,7 +84,6 @@ class Collector:
 
     async def run(self) -> None:
         """Collect due jobs until cancelled."""
-        self.directory.mkdir(parents=True, exist_ok=True)
         tasks: set[asyncio.Task[None]] = set()
         try:
             while True:
@@ -212,6 +211,7 @@ def _read_settled(path: Path) -> bytes:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".part")
     with open(partial, "wb") as out:
         out.write(data)
