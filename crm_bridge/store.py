@@ -92,10 +92,15 @@ _UPSERT_CALL = (
     f"VALUES ({', '.join('?' for _ in _CALL_COLUMNS)}, ?) "
     "ON CONFLICT (call_id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in (*_CALL_COLUMNS[1:], "updated_at"))
+    # A call whose customer was erased on request stays erased, whatever comes in later.
+    + " WHERE calls.customer IS NULL OR calls.customer NOT LIKE 'erased:%'"
 )
-_DELETE_LEGS = "DELETE FROM call_legs WHERE call_id = ?"
-_INSERT_LEG = (
-    f"INSERT INTO call_legs ({', '.join(_LEG_COLUMNS)}) "
+_DELETE_LEGS = (  # (an erased call keeps its anonymised legs; see _UPSERT_CALL)
+    "DELETE FROM call_legs WHERE call_id = ?1 "
+    "AND NOT EXISTS (SELECT 1 FROM calls WHERE call_id = ?1 AND customer LIKE 'erased:%')"
+)
+_INSERT_LEG = (  # OR IGNORE: only an erased call's legs, kept by _DELETE_LEGS, can be there already
+    f"INSERT OR IGNORE INTO call_legs ({', '.join(_LEG_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _LEG_COLUMNS)})"
 )
 _SELECT_CALLS = f"SELECT {', '.join(_CALL_COLUMNS)} FROM calls"

@@ -44,6 +44,9 @@ from crm_bridge.inbox import Inbox
 from recordings.api import PLAYER, Player
 from recordings.api import add_routes as add_recording_routes
 from recordings.collector import Collector
+from recordings import retention
+from recordings.privacy_api import PRIVACY, PrivacyDesk
+from recordings.privacy_api import add_routes as add_privacy_routes
 from recordings.storage import Recordings
 from gateway.record import CallRecord
 from gateway.replay import replay_capture
@@ -305,6 +308,8 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
     app[PLAYER] = Player(recordings, rec.directory, agents_hear_own=rec.agents_hear_own,
                          link_seconds=rec.link_minutes * 60)
     add_recording_routes(app)
+    app[PRIVACY] = PrivacyDesk(store, plans, rec.directory, region=http.default_region)
+    add_privacy_routes(app)
     webhooks.add_routes(app, router.decide)
     await webhooks.recover()  # calls a crash left half-done, from the inbox
     runner = web.AppRunner(app, access_log=None)
@@ -347,6 +352,7 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
     sla_watch = asyncio.create_task(followup.watch(), name="sla-watch")
     webhook_consumer = asyncio.create_task(webhooks.run(), name="webhooks")
     collecting = asyncio.create_task(collector.run(), name="recordings")
+    purging = asyncio.create_task(retention.watch(store, plans, rec.directory), name="retention")
     log.info("gateway running: AMI %s:%s, HTTP http://%s:%s/, store %s", settings.host, settings.port,
              http.host, port, config.store.path)
     if started is not None:
@@ -371,7 +377,8 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
             log.warning("webhooks still queued at shutdown: they are rebuilt from the inbox at the next start")
         webhook_consumer.cancel()
         collecting.cancel()
-        await asyncio.gather(webhook_consumer, collecting, return_exceptions=True)
+        purging.cancel()
+        await asyncio.gather(webhook_consumer, collecting, purging, return_exceptions=True)
         await gateway.drain()
         await store.close()
     return 0
@@ -397,16 +404,19 @@ async def _demo(args: argparse.Namespace) -> int:
 
     from connectors.ami.demo_pbx import DemoPbx
     from connectors.ami.server import AmiServer
-    from gateway.config import HttpConfig, Secret, StoreConfig
+    from gateway.config import HttpConfig, RecordingsConfig, Secret, StoreConfig
 
-    store_path = args.store or Path(tempfile.mkdtemp(prefix="cti-demo-")) / "demo.sqlite3"
+    work = Path(tempfile.mkdtemp(prefix="cti-demo-"))
+    store_path = args.store or work / "demo.sqlite3"
     users = await asyncio.get_running_loop().run_in_executor(None, demo_users)
     async with AmiServer(username="gateway", secret="demo-secret") as server:
-        pbx = DemoPbx(server, rng=random.Random(args.seed))
+        pbx = DemoPbx(server, rng=random.Random(args.seed), recordings_dir=work / "asterisk-monitor")
         player = asyncio.create_task(pbx.run(interval=args.interval, speed=args.speed), name="demo-pbx")
         http = HttpConfig(host=args.host, port=args.port, secret=Secret(secrets.token_hex(32)))
-        config = Config(source=None, ami=None, http=http,
-                        store=StoreConfig(path=store_path), users=users, plan=demo_plan())
+        recordings = RecordingsConfig(directory=work / "recordings", asterisk_dir=work / "asterisk-monitor",
+                                      asterisk_prefix="/var/spool/asterisk/recordings/")
+        config = Config(source=None, ami=None, http=http, store=StoreConfig(path=store_path), users=users,
+                        plan=demo_plan(), recordings=recordings)
         settings = LinkSettings(host="127.0.0.1", port=server.port, username="gateway", secret="demo-secret")
 
         def started(port: int) -> None:

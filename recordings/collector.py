@@ -144,6 +144,10 @@ class Collector:
         await asyncio.to_thread(_write_atomically, self.directory / name, done.data)
         await self.recordings.ready(job.call_id, job.source, file=name, content_type=done.content_type,
                                     duration=done.duration, size=len(done.data), peaks=done.peaks, now=self.clock())
+        kept = await self.recordings.get(job.call_id)
+        if kept is None or kept.file != name:  # purged, erased or re-pointed meanwhile: no orphan file
+            await asyncio.to_thread((self.directory / name).unlink, missing_ok=True)
+            return
         log.info("recordings: call %s: %.1f s of audio kept (%d bytes, %s)", job.call_id, done.duration,
                  len(done.data), done.content_type)
         if original is not None and not self.keep_original:

@@ -37,6 +37,8 @@ from crm_bridge.inbox import Inbox
 from recordings.api import PLAYER, Player
 from recordings.api import add_routes as add_recording_routes
 from recordings.collector import Collector
+from recordings.privacy_api import PRIVACY, PrivacyDesk
+from recordings.privacy_api import add_routes as add_privacy_routes
 from recordings.storage import Recordings
 from gateway.auth import Signer, hash_password
 from gateway.click_to_call import ClickToCall
@@ -158,6 +160,9 @@ class Harness:
         self.webhooks.add_routes(app, self.router.decide)
         app[PLAYER] = Player(self.recordings, self.recordings_dir, agents_hear_own=self.agents_hear_own)
         add_recording_routes(app)
+        app[PRIVACY] = PrivacyDesk(self.store, self.gateway.plans, self.recordings_dir,
+                                   region=self.http.default_region, clock=self.clock)
+        add_privacy_routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)

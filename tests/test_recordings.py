@@ -223,3 +223,22 @@ async def test_a_call_id_in_the_url_is_never_a_path(h: Harness) -> None:
         for call_id in ("..%2F..%2Fetc%2Fpasswd", "%2e%2e", "..", "x%00y"):
             async with http.get(f"{h.url}/api/calls/{call_id}/recording", headers=admin) as response:
                 assert response.status == 404, call_id
+
+
+async def test_an_erased_call_stays_erased_when_its_record_comes_again(h: Harness) -> None:
+    from recordings.privacy import erase
+
+    call_id = await answered_call(h)
+    await ready(h, call_id)
+    record = await h.store.call(call_id)
+    assert record is not None and record.customer == "+79161110001"
+    await erase(h.store, h.recordings_dir, "+79161110001", "admin", h.clock())
+    erased = await h.store.call(call_id)
+    assert erased is not None and erased.customer is not None and erased.customer.startswith("erased:")
+    await h.store.save_call(record)  # a late webhook or a replay brings the original record again
+    again = await h.store.call(call_id)
+    assert again == erased
+    assert "+79161110001" not in repr(again) and "79161110001" not in repr(again.legs)
+    gone = await h.recordings.get(call_id)
+    assert gone is not None and (gone.status, gone.file) == ("erased", None)
+    assert not h.recordings_dir.exists() or list(h.recordings_dir.iterdir()) == []

@@ -14,6 +14,10 @@ While ``run`` is active, an ``Originate`` a client sends (the gateway's
 click-to-call) is answered as Asterisk would and followed by the matching
 click-to-call events, with the action's ChannelId as the call's Linkedid.
 
+With ``recordings_dir``, the demo also plays MixMonitor: each call that
+records gets a short WAV file (two voices taking turns, a few seconds) under
+the name its RECFILE gives, in that directory, as Asterisk would write it.
+
 Callers come from a small pool of Russian (Cyrillic) and Latin names with
 +7916... numbers, so the same customer calls again: a missed call is later
 followed by an answered one, as in real life. Now and then an agent calls a
@@ -23,11 +27,15 @@ missed-call tasks close by themselves. ``rng`` makes the run repeatable.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import logging
+import math
 import random
+import wave
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Final
 
 from connectors.ami.codec import AmiMessage
@@ -75,6 +83,7 @@ class DemoPbx:
         rng: random.Random | None = None,
         factory: CallFactory | None = None,
         max_concurrent_calls: int = 200,
+        recordings_dir: Path | None = None,
     ) -> None:
         if max_concurrent_calls < 1:
             raise ValueError("max_concurrent_calls must be positive")
@@ -82,6 +91,7 @@ class DemoPbx:
         self.rng = rng if rng is not None else random.Random()
         self.factory = factory if factory is not None else CallFactory(rng=self.rng)
         self.max_concurrent_calls = max_concurrent_calls
+        self.recordings_dir = recordings_dir
         self.calls_started = 0
         """Random calls started by ``run`` (click-to-calls a client asked for not counted)."""
         self._tasks: set[asyncio.Task[None]] = set()
@@ -138,11 +148,24 @@ class DemoPbx:
 
     async def _play(self, scenario: Scenario, speed: float) -> None:
         try:
+            if self.recordings_dir is not None:
+                await asyncio.to_thread(self._record, scenario)
             await self.server.play(scenario, speed=speed)
         except asyncio.CancelledError:
             raise
         except Exception:  # a broken call must not stop the demo
             log.exception("demo call failed")
+
+    def _record(self, scenario: Scenario) -> None:
+        """MixMonitor's file for a call that records (its RECFILE), written as the call starts."""
+        assert self.recordings_dir is not None
+        name = next((str(m.get("Value", "")) for _, m in scenario
+                     if m.get("Event") == "VarSet" and str(m.get("Variable", "")).lstrip("_") == "RECFILE"), "")
+        name = name.rsplit("/", 1)[-1]
+        if not name or name in (".", ".."):
+            return
+        self.recordings_dir.mkdir(parents=True, exist_ok=True)
+        write_conversation(self.recordings_dir / name, seconds=self._uniform(4.0, 10.0))
 
     async def _stop(self) -> None:
         tasks = list(self._tasks)
@@ -319,3 +342,19 @@ class DemoPbx:
             ring=self._uniform(2.0, 8.0),
             talk=self._talk(),
         )
+
+
+def write_conversation(path: Path, *, seconds: float, rate: int = 8000) -> None:
+    """A mono 16-bit WAV of two "voices" (tones) taking turns, like a phone call."""
+    samples = array.array("h")
+    for n in range(int(seconds * rate)):
+        t = n / rate
+        turn = int(t / 0.8) % 3  # first voice, second voice, a short silence
+        pitch = (220.0, 330.0, 0.0)[turn]
+        envelope = math.sin(math.pi * ((t % 0.8) / 0.8))
+        samples.append(int(9000 * envelope * math.sin(2 * math.pi * pitch * t)) if pitch else 0)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(samples.tobytes())
