@@ -242,3 +242,50 @@ async def test_an_erased_call_stays_erased_when_its_record_comes_again(h: Harnes
     gone = await h.recordings.get(call_id)
     assert gone is not None and (gone.status, gone.file) == ("erased", None)
     assert not h.recordings_dir.exists() or list(h.recordings_dir.iterdir()) == []
+
+
+async def test_a_provider_s_recording_is_downloaded_and_attached_to_its_call(tmp_path: Path) -> None:
+    """Sipuni's hangup event names its recording's link: the gateway downloads it
+    (here from a local server standing in for Sipuni's storage) and keeps it."""
+    from urllib.parse import quote
+
+    from aiohttp import web
+
+    from gateway.config import Secret, WebhookAccount, WebhooksConfig
+    from tests.test_sipuni import TOKEN, query
+
+    served: list[str] = []
+
+    async def file(request: web.Request) -> web.Response:
+        served.append(request.path)
+        return web.Response(body=wav(2.0), content_type="audio/wav")
+
+    storage = web.Application()
+    storage.router.add_get("/record/abc.wav", file)
+    runner = web.AppRunner(storage)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    link = f"http://127.0.0.1:{runner.addresses[0][1]}/record/abc.wav"
+    config = WebhooksConfig(accounts=(WebhookAccount("sipuni", "main", {"url_token": Secret(TOKEN)}),))
+    clock = FakeClock()
+    clock.now = 1772435900.0  # just after the sample call (2026-03-02)
+    try:
+        async with Harness(tmp_path, plans=PlanBook(example_plan()), clock=clock, webhooks=config) as h:
+            events = [query(name) for name in ("sipuni_event_1_call__inbound_answered",
+                                                "sipuni_event_3_answer__inbound_answered",
+                                                "sipuni_event_2_hangup__inbound_answered")]
+            events[-1] = events[-1].replace(quote("https://sipuni.example.invalid/record/abc.mp3", safe=""),
+                                            quote(link, safe=""))
+            async with aiohttp.ClientSession() as http:
+                for query in events:
+                    async with http.get(f"{h.url}/webhooks/sipuni/main/{TOKEN}?{query}") as response:
+                        assert response.status == 200
+            await h.webhooks.idle()
+            await h.gateway.drain()
+            (record,) = h.records
+            assert record.recording_path == f"sipuni://main/{link}"
+            recording = await ready(h, record.call_id)
+            assert (recording.status, served) == ("ready", ["/record/abc.wav"])
+            assert recording.duration == pytest.approx(2.0, abs=0.1)
+    finally:
+        await runner.cleanup()
