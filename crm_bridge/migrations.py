@@ -284,6 +284,8 @@ MIGRATIONS: list[tuple[int, str]] = [
             remote    TEXT
         );
         CREATE INDEX recording_listens_at ON recording_listens (at);
+        -- The call log shows which task a call closed.
+        CREATE INDEX callback_tasks_closed_call ON callback_tasks (closed_call_id);
         CREATE TABLE legal_holds (
             call_id TEXT PRIMARY KEY,
             set_by  TEXT NOT NULL,

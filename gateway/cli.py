@@ -32,6 +32,7 @@ from gateway.config import Config, ConfigError, load_config
 from gateway.contacts_api import CONTACTS
 from gateway.contacts_api import add_routes as add_contact_routes
 from gateway.followup import Followup
+from gateway.calllog_api import add_routes as add_calllog_routes
 from gateway.followup_api import FOLLOWUP
 from gateway.followup_api import add_routes as add_followup_routes
 from gateway.hub import Hub
@@ -298,6 +299,7 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
     add_contact_routes(app)
     app[FOLLOWUP] = followup
     add_followup_routes(app)
+    add_calllog_routes(app)
     try:
         connectors = connectors_for(config.webhooks, own_url=f"http://{http.host}:{http.port}")
     except ValueError as exc:  # a provider's options, checked by its connector

@@ -26,6 +26,7 @@ from crm_bridge.store import Store
 from gateway.contacts_api import CONTACTS
 from gateway.contacts_api import add_routes as add_contact_routes
 from gateway.followup import Followup
+from gateway.calllog_api import add_routes as add_calllog_routes
 from gateway.followup_api import FOLLOWUP
 from gateway.followup_api import add_routes as add_followup_routes
 from gateway.kpi import KpiRules, VipPlan
@@ -157,6 +158,7 @@ class Harness:
         add_contact_routes(app)
         app[FOLLOWUP] = self.followup
         add_followup_routes(app)
+        add_calllog_routes(app)
         self.webhooks.add_routes(app, self.router.decide)
         app[PLAYER] = Player(self.recordings, self.recordings_dir, agents_hear_own=self.agents_hear_own)
         add_recording_routes(app)

@@ -2,7 +2,9 @@
    call-backs (POST /api/calls) and the agent's own status (PUT /api/me/status);
    the follow-up of calls: an agent's own missed calls (GET /api/callbacks?mine=1)
    and points (GET /api/kpi); a manager's (or administrator's) team missed calls,
-   KPI table, VIP call plan (GET /api/vip-plan) and notices over the websocket.
+   KPI table, VIP call plan (GET /api/vip-plan) and notices over the websocket; their
+   call log (GET /api/calls/log: filters, CSV export, a player with the waveform for
+   each recorded call, GET /api/calls/{id}/recording/link).
 
    Plain browser JavaScript, no build step. The protocol is docs/websocket-protocol.md;
    in short: GET /api/token (session cookie), open /ws, send {"type":"auth"} first,
@@ -41,6 +43,9 @@
   const TASK_WATCH_FOR_MS = 10 * 60000;
   const MEETING_SHOWN_MS = 5000;
   const NOTICES_MAX = 20;
+  const LOG_PAGE = 50;              // calls per page of the call log
+  const LOG_CHANGE_MS = 300;
+  const LOG_OUTCOMES = ['answered', 'missed', 'abandoned', 'busy', 'failed'];
 
   // -- state --------------------------------------------------------------------
 
@@ -91,6 +96,14 @@
     vipError: false,
     shops: new Map(),     // shop id -> {name, timezone}, learnt from tasks (the VIP plan names only the id)
     notices: [],          // newest first: {id, kind, task, at}
+    agents: null,         // GET /api/agents: the agents a lead may filter the call log by
+    log: null,            // the last /api/calls/log answer
+    logOffset: 0,
+    logError: null,       // why the last call log request failed (text), or null
+    logLoading: false,
+    logSeq: 0,            // answers to an older call log request are dropped
+    logTimer: 0,
+    player: null,         // the open player: {callId, row, audio, canvas, peaks, duration, ...}
   };
 
   const $ = (id) => document.getElementById(id);
@@ -167,6 +180,7 @@
     renderRecent();
     renderFollowup();
     renderNotices();
+    renderLog();
   }
 
   // -- formatting (the browser's own time zone unless a zone is given) -------------------
@@ -378,6 +392,10 @@
     } else {
       refreshLead();
       S.recentTimer = setInterval(refreshLead, RECENT_EVERY_MS);
+      // The call log is read when asked (filters, pages): a re-read would move the rows under the reader.
+      S.logOffset = 0;
+      refreshAgents();
+      refreshLog();
     }
   }
 
@@ -422,6 +440,15 @@
     S.notices = [];
     renderFollowup();
     renderNotices();
+    closePlayer(false);
+    clearTimeout(S.logTimer);
+    S.agents = null;
+    S.log = null;
+    S.logError = null;
+    S.logLoading = false;
+    S.logSeq += 1;
+    for (const [, id] of LOG_FIELDS) $(id).value = ''; // the next user starts with no filters
+    renderLog();
   }
 
   async function onLogout() {
@@ -1460,6 +1487,461 @@
     }
   }
 
+  // -- the call log (managers and administrators) ----------------------------------------
+  //
+  // GET /api/calls/log with the form's filters, a page at a time; the export link carries
+  // the same filters (format=csv). A call whose recording is ready gets a Play button: it
+  // asks GET /api/calls/{id}/recording/link for a short-lived URL and the recording's
+  // waveform (peaks), and opens a player row under the call: the browser's own <audio
+  // controls>, and the waveform drawn on a canvas that shows the position and seeks on a
+  // click (or the arrow keys: it is a slider). One player at a time; it survives a
+  // re-render of the table (the row is moved, not rebuilt, so the audio keeps playing).
+
+  const LOG_FIELDS = [['from', 'calllog-from'], ['to', 'calllog-to'], ['agent', 'calllog-agent'],
+    ['shop', 'calllog-shop'], ['channel', 'calllog-channel'], ['outcome', 'calllog-outcome'],
+    ['number', 'calllog-number']];
+
+  /** The form's filters as a query string (empty fields left out: the server's defaults). */
+  function logQuery() {
+    const q = new URLSearchParams();
+    for (const [key, id] of LOG_FIELDS) {
+      const value = $(id).value.trim();
+      if (value) q.set(key, value);
+    }
+    return q;
+  }
+
+  async function refreshAgents() {
+    const generation = S.generation;
+    let r;
+    try { r = await api('GET', '/api/agents'); } catch (_) { return; }
+    if (generation !== S.generation || !r.ok || !r.data || !Array.isArray(r.data.agents)) return;
+    S.agents = r.data.agents.filter((a) => a && typeof a.login === 'string');
+    renderLog();
+  }
+
+  async function refreshLog() {
+    if (!isLead()) return;
+    const generation = S.generation;
+    const seq = ++S.logSeq;
+    const q = logQuery();
+    q.set('limit', String(LOG_PAGE));
+    q.set('offset', String(S.logOffset));
+    S.logLoading = true;
+    renderLogStatus();
+    let r;
+    try { r = await api('GET', `/api/calls/log?${q}`); } catch (_) { r = null; }
+    if (generation !== S.generation || seq !== S.logSeq) return; // a newer request is on its way
+    S.logLoading = false;
+    if (r && r.status === 401) { sessionEnded(); return; }
+    if (r && r.ok && r.data && Array.isArray(r.data.calls)) {
+      S.log = r.data;
+      S.logError = null;
+      // The period the server used (its defaults, when the fields were empty) is the one shown.
+      if (typeof r.data.from === 'string') $('calllog-from').value = r.data.from;
+      if (typeof r.data.to === 'string') $('calllog-to').value = r.data.to;
+      if (Array.isArray(r.data.shops)) {
+        for (const shop of r.data.shops) {
+          if (shop && typeof shop.id === 'string') {
+            S.shops.set(shop.id, { name: shop.name || shop.id, timezone: shop.timezone || null });
+          }
+        }
+      }
+    } else {
+      S.log = null;
+      const code = r && r.data && typeof r.data.error === 'string' ? r.data.error : '';
+      const message = r ? errorText(r) : t('error.network');
+      S.logError = code && has(`calllog.error.${code}`)
+        ? t(`calllog.error.${code}`, { message }) : t('calllog.error', { message });
+    }
+    renderLog();
+  }
+
+  function applyLog() {
+    clearTimeout(S.logTimer);
+    S.logOffset = 0;
+    refreshLog();
+  }
+
+  /** A changed field applies after a moment: typing a date changes it field by field. */
+  function applyLogSoon() {
+    clearTimeout(S.logTimer);
+    S.logTimer = setTimeout(applyLog, LOG_CHANGE_MS);
+  }
+
+  function resetLog() {
+    for (const [, id] of LOG_FIELDS) $(id).value = '';
+    applyLog();
+  }
+
+  function setOptions(select, options, allText) {
+    const current = select.value;
+    const values = options.map(([value]) => value);
+    // A value chosen before (a shop gone from the plan since) stays choosable.
+    if (current && !values.includes(current)) options = [...options, [current, current]];
+    select.replaceChildren(el('option', { value: '', text: allText }),
+      ...options.map(([value, text]) => el('option', { value, text })));
+    select.value = current;
+  }
+
+  function agentByExtension(extension) {
+    return (S.agents || []).find((a) => Array.isArray(a.extensions) && a.extensions.includes(extension)) || null;
+  }
+
+  function extensionName(extension) {
+    const agent = agentByExtension(extension);
+    return agent ? agent.name || agent.login : String(extension);
+  }
+
+  /** Who handled the call: whoever placed it, then everyone who talked; else whose phones rang. */
+  function logAgents(c) {
+    const placer = c.direction !== 'inbound' && typeof c.caller === 'string' && !isCustomerNumber(c.caller)
+      ? c.caller : null;
+    const talked = Array.isArray(c.talked) ? c.talked : [];
+    const people = [...new Set([placer, ...talked].filter(Boolean))];
+    if (!people.length && c.answered_by) people.push(c.answered_by);
+    if (people.length) {
+      const name = (e) => (e === c.answered_by && c.answered_by_name ? c.answered_by_name : extensionName(e));
+      return el('span', { text: people.map(name).join(' → ') });
+    }
+    const rang = Array.isArray(c.rang) ? c.rang : [];
+    return rang.length
+      ? el('span', { class: 'muted', title: t('calllog.rang'), text: rang.map(extensionName).join(', ') }) : null;
+  }
+
+  /** 75 -> "1:15" */
+  function formatSeconds(seconds) {
+    if (typeof seconds !== 'number' || !Number.isFinite(seconds) || seconds < 0) return '';
+    const total = Math.round(seconds);
+    return `${Math.floor(total / 60)}:${String(total % 60).padStart(2, '0')}`;
+  }
+
+  /** 750 -> "13 min", 7500 -> "2 h 5 min" */
+  function formatSpan(seconds) {
+    if (typeof seconds !== 'number' || !Number.isFinite(seconds)) return '';
+    const minutes = Math.max(1, Math.round(seconds / 60));
+    return minutes < 60 ? t('duration.min', { minutes })
+      : t('duration.h_min', { hours: Math.floor(minutes / 60), minutes: minutes % 60 });
+  }
+
+  function taskCell(task) {
+    const cell = el('td', { 'data-testid': 'calllog-task' });
+    if (!task || typeof task !== 'object') return cell;
+    let key = 'task.closed';
+    let state = task.status;
+    const vars = { time: formatSpan(task.callback_seconds) };
+    if (task.this_call === 'reach') {
+      key = 'task.reach';
+      state = 'reach';
+    } else if (task.status === 'open') {
+      key = 'task.open';
+    } else if (task.status === 'reached') {
+      if (!vars.time) key = 'task.reached';
+      else key = task.within_sla === false ? 'task.reached_late' : 'task.reached_in_time';
+      if (task.within_sla === false) state = 'late';
+    }
+    cell.dataset.taskId = task.task_id;
+    cell.append(el('span', { class: `task-state task-${state}`, 'data-state': state, text: t(key, vars) }));
+    return cell;
+  }
+
+  function recordingCell(c) {
+    const cell = el('td', { class: 'actions', 'data-testid': 'calllog-recording' });
+    const rec = c.recording && typeof c.recording === 'object' ? c.recording : null;
+    if (!rec) return cell;
+    if (rec.status !== 'ready') {
+      cell.append(el('span', { class: 'muted', 'data-status': rec.status, text: label('recording', rec.status) }));
+      return cell;
+    }
+    const open = Boolean(S.player && S.player.callId === c.call_id);
+    const button = el('button', { type: 'button', class: 'play', 'data-testid': 'calllog-play',
+      'aria-expanded': String(open), text: t('calllog.play'),
+      'aria-label': t('calllog.play_label', { time: formatInZone(c.started_at, c.timezone) }) });
+    button.addEventListener('click', () => {
+      if (S.player && S.player.callId === c.call_id) closePlayer(true);
+      else openPlayer(c);
+      focusPlay(c.call_id); // the table was drawn again: keep the focus where it was
+    });
+    cell.append(button);
+    if (typeof rec.duration === 'number') {
+      cell.append(' ', el('span', { class: 'muted small', text: formatSeconds(rec.duration) }));
+    }
+    return cell;
+  }
+
+  function logRow(c) {
+    const zone = c.timezone || shopZone(c.shop);
+    const number = c.customer || (c.direction === 'outbound' ? c.dialled : c.caller) || '';
+    const line = [c.shop_name || c.shop, label('channel', c.channel)].filter(Boolean).join(' · ');
+    const result = el('td', { 'data-testid': 'calllog-result' },
+      c.result ? el('span', { class: 'result-tag', text: label('result', c.result) }) : null,
+      c.result && c.note ? ' ' : null,
+      c.note ? el('span', { class: 'note', text: c.note }) : null);
+    return el('tr', { 'data-testid': 'calllog-row', 'data-call-id': c.call_id, 'data-outcome': c.outcome },
+      el('td', {}, el('time', { datetime: c.started_at || '', title: zone || null, 'data-testid': 'calllog-time',
+        text: formatInZone(c.started_at, zone) })),
+      el('td', { text: label('direction', c.direction) }),
+      el('td', { class: 'caller-cell' },
+        el('span', { class: 'number', 'data-testid': 'calllog-number', text: number || t('card.hidden_number') }),
+        c.customer_name ? el('span', { class: 'name', text: c.customer_name }) : null),
+      el('td', { 'data-testid': 'calllog-line', text: line }),
+      el('td', { class: `outcome outcome-${c.outcome || ''}`, 'data-testid': 'calllog-outcome',
+        text: label('outcome', c.outcome) }),
+      el('td', { 'data-testid': 'calllog-agent' }, logAgents(c)),
+      el('td', { class: 'num', text: formatSeconds(c.ring_seconds) }),
+      el('td', { class: 'num', text: c.talk_seconds > 0 ? formatSeconds(c.talk_seconds) : '' }),
+      result,
+      taskCell(c.task),
+      recordingCell(c));
+  }
+
+  function renderLogStatus() {
+    const status = $('calllog-status');
+    let text = '';
+    if (S.logError) text = S.logError;
+    else if (S.logLoading && !S.log) text = t('calllog.loading');
+    else if (S.log && !S.log.calls.length) text = t('calllog.empty');
+    status.textContent = text;
+    status.hidden = !text;
+    status.dataset.state = S.logError ? 'error' : '';
+    $('calllog-body').setAttribute('aria-busy', String(S.logLoading));
+  }
+
+  function renderLog() {
+    const data = S.log;
+    setOptions($('calllog-agent'), (S.agents || []).map((a) => [a.login, a.name || a.login]), t('calllog.all'));
+    setOptions($('calllog-shop'), (data && Array.isArray(data.shops) ? data.shops : [])
+      .filter((s) => s && typeof s.id === 'string').map((s) => [s.id, s.name || s.id]), t('calllog.all'));
+    setOptions($('calllog-channel'), (data && Array.isArray(data.channels) ? data.channels : [])
+      .filter((c) => typeof c === 'string').map((c) => [c, label('channel', c)]), t('calllog.all'));
+    setOptions($('calllog-outcome'), LOG_OUTCOMES.map((o) => [o, label('outcome', o)]), t('calllog.all'));
+
+    const calls = data ? data.calls.filter((c) => c && typeof c === 'object' && typeof c.call_id === 'string') : [];
+    const rows = [];
+    let playerKept = false;
+    for (const c of calls) {
+      rows.push(logRow(c));
+      if (S.player && S.player.callId === c.call_id) {
+        rows.push(S.player.row);
+        playerKept = true;
+      }
+    }
+    if (S.player && !playerKept) closePlayer(false);
+    $('calllog-body').replaceChildren(...rows);
+    if (S.player) {
+      applyI18n(S.player.row);
+      paintPlayer(S.player);
+    }
+    renderLogStatus();
+
+    const exportLink = $('calllog-export');
+    if (data) {
+      const q = logQuery();
+      q.set('format', 'csv');
+      exportLink.setAttribute('href', `/api/calls/log?${q}`);
+      exportLink.removeAttribute('aria-disabled');
+    } else if (S.logError) { // filters the server refused: nothing to export
+      exportLink.removeAttribute('href');
+      exportLink.setAttribute('aria-disabled', 'true');
+    }
+
+    const pager = $('calllog-pager');
+    const total = data && typeof data.total === 'number' ? data.total : 0;
+    pager.hidden = !data || total <= calls.length;
+    if (data) {
+      const offset = typeof data.offset === 'number' ? data.offset : 0;
+      $('calllog-range').textContent = calls.length
+        ? t('calllog.range', { first: offset + 1, last: offset + calls.length, total }) : '';
+      $('calllog-prev').disabled = offset <= 0;
+      $('calllog-next').disabled = offset + calls.length >= total;
+    }
+  }
+
+  function focusPlay(callId) {
+    const row = $('calllog-body').querySelector(`tr[data-testid="calllog-row"][data-call-id="${CSS.escape(callId)}"]`);
+    const button = row ? row.querySelector('[data-testid="calllog-play"]') : null;
+    if (button) button.focus();
+  }
+
+  function pageLog(step) {
+    if (!S.log) return;
+    S.logOffset = Math.max(0, (S.log.offset || 0) + step * LOG_PAGE);
+    refreshLog();
+  }
+
+  // -- the player ------------------------------------------------------------------------
+
+  function closePlayer(render) {
+    const p = S.player;
+    if (!p) return;
+    S.player = null;
+    cancelAnimationFrame(p.frame);
+    if (p.audio) {
+      p.audio.pause();
+      p.audio.removeAttribute('src'); // stop fetching
+      p.audio.load();
+    }
+    p.row.remove();
+    if (render) renderLog();
+  }
+
+  async function openPlayer(c) {
+    closePlayer(false);
+    const generation = S.generation;
+    const status = el('p', { class: 'player-status muted small', role: 'status', 'data-testid': 'player-status',
+      text: t('calllog.player_loading') });
+    const close = el('button', { type: 'button', class: 'link-button player-close', 'data-testid': 'player-close',
+      'data-i18n': 'calllog.close_player' });
+    const box = el('div', { class: 'player', 'data-testid': 'player', 'data-call-id': c.call_id }, status, close);
+    const row = el('tr', { class: 'player-row', 'data-testid': 'player-row', 'data-call-id': c.call_id },
+      el('td', { colspan: 11 }, box));
+    const known = c.recording && typeof c.recording.duration === 'number' ? c.recording.duration : 0;
+    const p = { callId: c.call_id, row, box, status, audio: null, canvas: null, time: null, peaks: [], duration: known,
+      frame: 0, retried: false };
+    close.addEventListener('click', () => closePlayer(true));
+    S.player = p;
+    applyI18n(row);
+    renderLog(); // the row goes under its call, the button says it is open
+    const link = await recordingLink(c.call_id);
+    if (generation !== S.generation || S.player !== p) return; // closed meanwhile
+    if (!link.url) {
+      status.textContent = t('calllog.player_error', { message: link.error });
+      status.dataset.state = 'error';
+      return;
+    }
+    const rec = link.recording || {};
+    p.peaks = Array.isArray(rec.peaks) ? rec.peaks.map((v) => Math.max(0, Math.min(1, Number(v) || 0))) : [];
+    if (typeof rec.duration === 'number' && rec.duration > 0) p.duration = rec.duration;
+    const canvas = el('canvas', { class: 'waveform', role: 'slider', tabindex: 0, 'data-testid': 'waveform',
+      'aria-valuemin': 0, 'aria-valuemax': Math.round(p.duration), 'aria-valuenow': 0 });
+    const audio = el('audio', { controls: true, preload: 'metadata', 'data-testid': 'player-audio' });
+    const time = el('span', { class: 'player-time muted small', 'data-testid': 'player-time', 'aria-hidden': 'true' });
+    p.canvas = canvas;
+    p.audio = audio;
+    p.time = time;
+    canvas.addEventListener('click', (ev) => {
+      const rect = canvas.getBoundingClientRect();
+      if (rect.width > 0) seek(p, ((ev.clientX - rect.left) / rect.width) * playerDuration(p));
+    });
+    canvas.addEventListener('keydown', (ev) => {
+      const steps = { ArrowLeft: -5, ArrowDown: -5, ArrowRight: 5, ArrowUp: 5, PageDown: -30, PageUp: 30 };
+      if (ev.key in steps) seek(p, audio.currentTime + steps[ev.key]);
+      else if (ev.key === 'Home') seek(p, 0);
+      else if (ev.key === 'End') seek(p, playerDuration(p));
+      else return;
+      ev.preventDefault();
+    });
+    for (const kind of ['timeupdate', 'seeked', 'loadedmetadata', 'durationchange', 'pause', 'ended']) {
+      audio.addEventListener(kind, () => paintPlayer(p));
+    }
+    audio.addEventListener('play', () => animate(p));
+    audio.addEventListener('error', () => playbackFailed(p));
+    audio.src = link.url;
+    status.hidden = true;
+    box.replaceChildren(el('div', { class: 'player-wave' }, canvas, time), audio, status, close);
+    applyI18n(box);
+    paintPlayer(p);
+  }
+
+  /** {url, recording} or {error}. Only a same-origin URL is played. */
+  async function recordingLink(callId) {
+    let r;
+    try { r = await api('GET', `/api/calls/${encodeURIComponent(callId)}/recording/link`); } catch (_) { r = null; }
+    if (r && r.status === 401) { sessionEnded(); return { error: t('error.network') }; }
+    if (!r || !r.ok || !r.data) return { error: r ? errorText(r) : t('error.network') };
+    let url = null;
+    try {
+      const u = new URL(String(r.data.url || ''), location.href);
+      if (u.origin === location.origin) url = u.href;
+    } catch (_) { /* no URL */ }
+    return url ? { url, recording: r.data.recording } : { error: t('calllog.not_ready') };
+  }
+
+  /** The link expires (it is short-lived): on an error, get a fresh one once and carry on. */
+  async function playbackFailed(p) {
+    if (S.player !== p || !p.audio.getAttribute('src')) return;
+    if (!p.retried) {
+      p.retried = true;
+      const at = p.audio.currentTime;
+      const link = await recordingLink(p.callId);
+      if (S.player !== p) return;
+      if (link.url) {
+        p.audio.src = link.url;
+        p.audio.currentTime = at;
+        return;
+      }
+    }
+    p.status.textContent = t('calllog.player_error', { message: t('calllog.not_playable') });
+    p.status.dataset.state = 'error';
+    p.status.hidden = false;
+  }
+
+  function playerDuration(p) {
+    const d = p.audio ? p.audio.duration : NaN;
+    return Number.isFinite(d) && d > 0 ? d : p.duration;
+  }
+
+  function seek(p, seconds) {
+    const duration = playerDuration(p);
+    if (!p.audio || !(duration > 0)) return;
+    p.audio.currentTime = Math.max(0, Math.min(duration, seconds));
+    paintPlayer(p);
+  }
+
+  /** Smooth progress while playing (timeupdate comes only a few times a second). */
+  function animate(p) {
+    cancelAnimationFrame(p.frame);
+    const step = () => {
+      if (S.player !== p || p.audio.paused) return;
+      drawWaveform(p);
+      p.frame = requestAnimationFrame(step);
+    };
+    p.frame = requestAnimationFrame(step);
+  }
+
+  function paintPlayer(p) {
+    if (!p.canvas) return;
+    const duration = playerDuration(p);
+    const now = p.audio.currentTime || 0;
+    // Whole seconds gone by, as the audio element's own controls count them.
+    const text = t('calllog.position', { current: formatSeconds(Math.floor(now)), total: formatSeconds(duration) });
+    p.canvas.setAttribute('aria-label', t('calllog.waveform'));
+    p.canvas.setAttribute('aria-valuemax', String(Math.round(duration)));
+    p.canvas.setAttribute('aria-valuenow', String(Math.floor(now)));
+    p.canvas.setAttribute('aria-valuetext', text);
+    p.canvas.dataset.position = now.toFixed(2);
+    p.time.textContent = text;
+    drawWaveform(p);
+  }
+
+  function drawWaveform(p) {
+    const canvas = p.canvas;
+    const dpr = window.devicePixelRatio || 1;
+    const width = Math.max(1, Math.round(canvas.clientWidth * dpr));
+    const height = Math.max(1, Math.round(canvas.clientHeight * dpr));
+    if (canvas.width !== width) canvas.width = width;
+    if (canvas.height !== height) canvas.height = height;
+    const ctx = canvas.getContext('2d');
+    if (!ctx) return;
+    // Colours from the style sheet (light and dark), not from here.
+    const style = getComputedStyle(canvas);
+    const played = style.getPropertyValue('--wave-played').trim() || '#1f5fd1';
+    const rest = style.getPropertyValue('--wave-rest').trim() || '#9aa4b2';
+    const mark = style.getPropertyValue('--wave-mark').trim() || played;
+    const duration = playerDuration(p);
+    const fraction = duration > 0 ? Math.max(0, Math.min(1, (p.audio.currentTime || 0) / duration)) : 0;
+    const peaks = p.peaks.length ? p.peaks : [0];
+    const bar = width / peaks.length;
+    ctx.clearRect(0, 0, width, height);
+    peaks.forEach((value, i) => {
+      const h = Math.max(dpr, value * (height - 2 * dpr));
+      ctx.fillStyle = (i + 0.5) / peaks.length <= fraction ? played : rest;
+      ctx.fillRect(i * bar + bar * 0.15, (height - h) / 2, Math.max(dpr, bar * 0.7), h);
+    });
+    ctx.fillStyle = mark;
+    ctx.fillRect(Math.min(width - 2 * dpr, fraction * width), 0, 2 * dpr, height);
+  }
+
   // -- notices (over the websocket) ---------------------------------------------------------
 
   function onNotice(frame) {
@@ -1588,6 +2070,12 @@
     $('missed-refresh').addEventListener('click', () => { refreshTasks(); refreshKpi(); });
     $('manager-refresh').addEventListener('click', refreshLead);
     $('log-meeting').addEventListener('click', logMeeting);
+    $('calllog-filters').addEventListener('submit', (ev) => { ev.preventDefault(); applyLog(); });
+    $('calllog-filters').addEventListener('change', applyLogSoon); // every choice applies by itself
+    $('calllog-reset').addEventListener('click', resetLog);
+    $('calllog-prev').addEventListener('click', () => pageLog(-1));
+    $('calllog-next').addEventListener('click', () => pageLog(1));
+    window.addEventListener('resize', () => { if (S.player) drawWaveform(S.player); });
     for (const b of document.querySelectorAll('#presence button[data-status]')) {
       b.addEventListener('click', () => setStatus({ status: b.dataset.status }));
     }
