@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
+from aiohttp import web
 from yarl import URL
 
 from connectors.webhook import RecordingNotReady
@@ -166,3 +167,28 @@ def file_of(answer: Answer, provider: str, account: str, what: str = "the file")
                                    f"{answer.content_type[:60]}, not a recording", answer.status)
     log.info("%s %s: recording fetched, %d bytes from %s", provider, account, len(answer.body), answer.host)
     return answer.body
+
+
+class ProviderClient:
+    """A connector's one HTTP session to its provider, made when first needed
+    and closed with the app (``close_with``) or by ``close``."""
+
+    def __init__(self, timeout: aiohttp.ClientTimeout = TIMEOUT) -> None:
+        self._timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def close_with(self, app: web.Application) -> None:
+        async def cleanup(app: web.Application) -> None:
+            await self.close()
+
+        app.on_cleanup.append(cleanup)

@@ -54,7 +54,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from connectors.download import MAX_RECORDING, RecordingFetchFailed, fetch, file_of
+from connectors.download import MAX_RECORDING, ProviderClient, RecordingFetchFailed, fetch, file_of
 from connectors.webhook import (
     Accepted,
     Account,
@@ -566,7 +566,7 @@ class MangoConnector:
         self.name = name
         self.accounts = {a.name: a for a in accounts}
         self.max_recording = MAX_RECORDING  # bytes
-        self._session: aiohttp.ClientSession | None = None  # commands and recordings
+        self._http = ProviderClient(aiohttp.ClientTimeout(total=COMMAND_TIMEOUT))  # commands and recordings
         self._tasks: set[asyncio.Task[None]] = set()
         self._routed: OrderedDict[tuple[str, str], None] = OrderedDict()  # (account, entry_id)
 
@@ -584,7 +584,7 @@ class MangoConnector:
             raise RecordingFetchFailed(self.name, account, "the key and the salt are needed to download recordings")
         text = json.dumps({"recording_id": ref, "action": "download"}, separators=(",", ":"), ensure_ascii=False)
         url = URL(f"{(found.api_base_url or DEFAULT_API).rstrip('/')}/{RECORDING_QUERY}")
-        answer = await fetch(self._client(), self.name, account, "POST", url, limit=self.max_recording,
+        answer = await fetch(self._http.session(), self.name, account, "POST", url, limit=self.max_recording,
                              form={"vpbx_api_key": key, "sign": sign(key, text, salt), "json": text})
         if answer.ok and (answer.content_type == "application/json" or answer.body[:1] == b"{"):
             # An answer in JSON is Mango refusing (a result code), not a file.
@@ -642,7 +642,7 @@ class MangoConnector:
 
         app.router.add_route("*", prefix, notify)
         app.router.add_route("*", prefix + "/{tail:.*}", notify)
-        app.on_cleanup.append(self._close)
+        self._http.close_with(app)
 
     def _account(self, request: web.Request) -> Account | web.Response:
         try:
@@ -699,7 +699,7 @@ class MangoConnector:
         body = urlencode({"vpbx_api_key": key, "sign": sign(key, text, salt), "json": text})
         url = f"{(account.api_base_url or DEFAULT_API).rstrip('/')}/{service}"
         try:
-            async with self._client().post(url, data=body.encode(), headers={
+            async with self._http.session().post(url, data=body.encode(), headers={
                     "Content-Type": "application/x-www-form-urlencoded"}) as response:
                 answer = (await response.text())[:200]
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
@@ -713,21 +713,6 @@ class MangoConnector:
             log.info("%s %s: %s %s sent (to %s): %s", self.name, account.name, service, command.get("command_id"),
                      command.get("to_number"), answer)
 
-    def _client(self) -> aiohttp.ClientSession:
-        """The one HTTP client: commands use its timeout, downloads their own."""
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=COMMAND_TIMEOUT))
-        return self._session
-
-    async def _close(self, app: web.Application) -> None:
-        await self.close()
-
     async def close(self) -> None:
-        """Cancel the routing under way and close the HTTP client (the app's cleanup does it)."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Close the HTTP client to the provider (the app's cleanup does it too)."""
+        await self._http.close()

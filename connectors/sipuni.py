@@ -60,7 +60,14 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from connectors.download import MAX_RECORDING, TIMEOUT, RecordingFetchFailed, fetch, file_of, is_web_url
+from connectors.download import (
+    MAX_RECORDING,
+    ProviderClient,
+    RecordingFetchFailed,
+    fetch,
+    file_of,
+    is_web_url,
+)
 from connectors.webhook import (
     Accepted,
     Account,
@@ -450,7 +457,7 @@ class SipuniConnector:
         self.name = name
         self.accounts = {a.name: a for a in accounts}
         self.max_recording = MAX_RECORDING  # bytes
-        self._session: aiohttp.ClientSession | None = None
+        self._http = ProviderClient()  # recordings
 
     def call_events(self, account: str, history: Sequence[Request]) -> list[CallEvent]:
         return call_events(self.name, self.accounts[account], history)
@@ -462,22 +469,12 @@ class SipuniConnector:
         if not is_web_url(ref):
             # file:, ftp:, a relative path...: nothing but the web is fetched.
             raise RecordingFetchFailed(self.name, account, "refused: the recording link is not an http(s) URL")
-        answer = await fetch(self._client(), self.name, account, "GET", URL(ref), limit=self.max_recording)
+        answer = await fetch(self._http.session(), self.name, account, "GET", URL(ref), limit=self.max_recording)
         return file_of(answer, self.name, account, "the recording")
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=TIMEOUT)
-        return self._session
-
     async def close(self) -> None:
-        """Close the HTTP client of the downloads (the app's cleanup does it too)."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def _close(self, app: web.Application) -> None:
-        await self.close()
+        """Close the HTTP client to the provider (the app's cleanup does it too)."""
+        await self._http.close()
 
     def add_routes(self, app: web.Application, intake: Intake, decide: Decide | None,
                    clock: Callable[[], float]) -> None:
@@ -516,7 +513,7 @@ class SipuniConnector:
         for path in (base, base + "/", base + "/{token}", base + "/{token}/"):
             app.router.add_get(path, event, allow_head=False)
             app.router.add_post(path, event)
-        app.on_cleanup.append(self._close)
+        self._http.close_with(app)
 
     @staticmethod
     def _check_token(account: Account, given: str | None) -> None:

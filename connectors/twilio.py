@@ -66,6 +66,7 @@ from aiohttp import web
 from yarl import URL
 
 from connectors.download import (
+    ProviderClient,
     MAX_RECORDING,
     TIMEOUT,
     RecordingFetchFailed,
@@ -592,7 +593,7 @@ class TwilioConnector:
         self.name = name
         self.accounts = {a.name: a for a in accounts}
         self.max_recording = MAX_RECORDING  # bytes
-        self._session: aiohttp.ClientSession | None = None
+        self._http = ProviderClient()  # recordings
         self.dialling = {a.name: Dialling.of(a) for a in accounts}
         self.prefixes = {a.name: url_variants(a.public_url) for a in accounts}
         for account in accounts:
@@ -619,7 +620,7 @@ class TwilioConnector:
             url = URL(f"{base}/2010-04-01/Accounts/{quote(sid, safe='')}/Recordings/{ref}.mp3")
         else:
             raise RecordingFetchFailed(self.name, account, "the reference is neither a RecordingSid nor a URL")
-        answer = await fetch(self._client(), self.name, account, "GET", url, limit=self.max_recording,
+        answer = await fetch(self._http.session(), self.name, account, "GET", url, limit=self.max_recording,
                              headers={"Authorization": basic_auth(sid, token)})
         return file_of(answer, self.name, account, "the recording")
 
@@ -679,21 +680,11 @@ class TwilioConnector:
             return web.Response(text=twiml, content_type="text/xml")
 
         app.router.add_post(f"/webhooks/{self.name}/{{account}}/{{kind}}", hook)
-        app.on_cleanup.append(self._close)
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=TIMEOUT)
-        return self._session
+        self._http.close_with(app)
 
     async def close(self) -> None:
-        """Close the HTTP client of the downloads (the app's cleanup does it too)."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def _close(self, app: web.Application) -> None:
-        await self.close()
+        """Close the HTTP client to the provider (the app's cleanup does it too)."""
+        await self._http.close()
 
     def _account(self, request: web.Request) -> Account | web.Response:
         try:

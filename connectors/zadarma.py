@@ -49,6 +49,7 @@ from aiohttp import web
 from yarl import URL
 
 from connectors.download import (
+    ProviderClient,
     MAX_ANSWER,
     MAX_RECORDING,
     TIMEOUT,
@@ -315,7 +316,7 @@ class ZadarmaConnector:
         self.name = name
         self.accounts = {a.name: a for a in accounts}
         self.max_recording = MAX_RECORDING  # bytes
-        self._session: aiohttp.ClientSession | None = None
+        self._http = ProviderClient()  # recordings
 
     def call_events(self, account: str, history: Sequence[Request]) -> list[CallEvent]:
         return call_events(self.name, self.accounts[account], history)
@@ -333,11 +334,11 @@ class ZadarmaConnector:
         base = (found.api_base_url or API_BASES.get(self.name, API_BASES["zadarma"])).rstrip("/")
         # format=json: the official clients add it to every request, so it is signed too.
         query, signature = api_signature(secret, RECORD_REQUEST, {"call_id": ref, "format": "json"})
-        answer = await fetch(self._client(), self.name, account, "GET",
+        answer = await fetch(self._http.session(), self.name, account, "GET",
                              URL(f"{base}{RECORD_REQUEST}?{query}", encoded=True),  # sent as signed
                              limit=MAX_ANSWER, headers={"Authorization": f"{api_key}:{signature}"})
         link = self._link(account, answer)
-        return file_of(await fetch(self._client(), self.name, account, "GET", URL(link), limit=self.max_recording),
+        return file_of(await fetch(self._http.session(), self.name, account, "GET", URL(link), limit=self.max_recording),
                        self.name, account, "the recording file")
 
     def _link(self, account: str, answer: Answer) -> str:
@@ -367,19 +368,9 @@ class ZadarmaConnector:
             raise RecordingFetchFailed(self.name, account, "the API's link is not an http(s) URL")
         return link
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=TIMEOUT)
-        return self._session
-
     async def close(self) -> None:
-        """Close the HTTP client of the downloads (the app's cleanup does it too)."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def _close(self, app: web.Application) -> None:
-        await self.close()
+        """Close the HTTP client to the provider (the app's cleanup does it too)."""
+        await self._http.close()
 
     def add_routes(self, app: web.Application, intake: Intake, decide: Decide | None,
                    clock: Callable[[], float]) -> None:
@@ -427,7 +418,7 @@ class ZadarmaConnector:
 
         app.router.add_get(path, echo)
         app.router.add_post(path, notify)
-        app.on_cleanup.append(self._close)
+        self._http.close_with(app)
 
     def _account(self, request: web.Request) -> Account | web.Response:
         try:
