@@ -302,6 +302,72 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        10,
+        # Reports: each call's local day and hour (the reports' time zone), so
+        # daily roll-ups per (day, shop, channel) can be recomputed from the
+        # calls of one key in the transaction that stores a call (or its
+        # result), whatever order calls come in; the (day, shop, channel,
+        # caller) set behind exact unique-caller counts; deals with their
+        # first- and last-touch channels; spend per channel and day.
+        """
+        ALTER TABLE calls ADD COLUMN day TEXT;
+        ALTER TABLE calls ADD COLUMN hour INTEGER;
+        CREATE INDEX calls_day ON calls (day);
+        CREATE TABLE rollup_daily (
+            day        TEXT NOT NULL,
+            shop       TEXT NOT NULL,       -- '' for none
+            channel    TEXT NOT NULL,
+            calls      INTEGER NOT NULL,
+            answered   INTEGER NOT NULL,
+            missed     INTEGER NOT NULL,
+            abandoned  INTEGER NOT NULL,
+            wait_sum   REAL NOT NULL,       -- seconds callers waited until answered (answered calls)
+            talk_sum   REAL NOT NULL,
+            qualified  INTEGER NOT NULL,    -- calls whose result is one of the qualified results
+            PRIMARY KEY (day, shop, channel)
+        ) WITHOUT ROWID;
+        CREATE TABLE rollup_hours (
+            day     TEXT NOT NULL,
+            shop    TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            hour    INTEGER NOT NULL,
+            calls   INTEGER NOT NULL,
+            missed  INTEGER NOT NULL,       -- missed or abandoned
+            PRIMARY KEY (day, shop, channel, hour)
+        ) WITHOUT ROWID;
+        CREATE TABLE caller_days (
+            day      TEXT NOT NULL,
+            shop     TEXT NOT NULL,
+            channel  TEXT NOT NULL,
+            customer TEXT NOT NULL,
+            PRIMARY KEY (day, shop, channel, customer)
+        ) WITHOUT ROWID;
+        CREATE TABLE deals (
+            deal_id       INTEGER PRIMARY KEY,
+            external_id   TEXT NOT NULL UNIQUE,
+            phone         TEXT NOT NULL,     -- E.164
+            amount        REAL NOT NULL,
+            margin        REAL NOT NULL,
+            status        TEXT NOT NULL,     -- won | lost
+            day           TEXT NOT NULL,     -- YYYY-MM-DD
+            first_shop    TEXT,
+            first_channel TEXT,              -- the channel of the contact's first call
+            last_shop     TEXT,
+            last_channel  TEXT,              -- the channel of his last call before the deal
+            created_at    REAL NOT NULL,
+            updated_at    REAL NOT NULL
+        );
+        CREATE INDEX deals_day ON deals (day);
+        CREATE TABLE channel_costs (
+            day     TEXT NOT NULL,
+            shop    TEXT NOT NULL,           -- '' for all shops
+            channel TEXT NOT NULL,
+            amount  REAL NOT NULL,
+            PRIMARY KEY (day, shop, channel)
+        ) WITHOUT ROWID;
+        """,
+    ),
 ]
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

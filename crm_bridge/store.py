@@ -257,14 +257,16 @@ class Store:
         _check_record(self.path, record)
         await self._enqueue(record, tuple(also))
 
-    async def set_result(self, call_id: str, result: str, note: str | None, set_by: str, at: float) -> None:
-        """Record (or replace) the agent's result and note for a call; returns once committed."""
+    async def set_result(self, call_id: str, result: str, note: str | None, set_by: str, at: float,
+                         *, also: Sequence[tuple[str, tuple[Any, ...]]] = ()) -> None:
+        """Record (or replace) the agent's result and note for a call (with
+        ``also``, e.g. the roll-ups it changes); returns once committed."""
         sql = (
             "INSERT INTO call_results (call_id, result, note, set_by, set_at) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (call_id) DO UPDATE SET result = excluded.result, note = excluded.note, "
             "set_by = excluded.set_by, set_at = excluded.set_at"
         )
-        await self.write((sql, (call_id, result, note, set_by, at)))
+        await self.write((sql, (call_id, result, note, set_by, at)), *also)
 
     async def write(self, *statements: tuple[str, tuple[Any, ...]]) -> None:
         """Run statements in the writer's next batch (one transaction with the

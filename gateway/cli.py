@@ -45,6 +45,10 @@ from crm_bridge.inbox import Inbox
 from recordings.api import PLAYER, Player
 from recordings.api import add_routes as add_recording_routes
 from recordings.collector import Collector
+from dashboards.api import REPORTS, Reports
+from dashboards.api import add_routes as add_dashboard_routes
+from dashboards.deals import Deals
+from dashboards.rollups import Rollups, rebuild
 from recordings import retention
 from recordings.privacy_api import PRIVACY, PrivacyDesk
 from recordings.privacy_api import add_routes as add_privacy_routes
@@ -53,7 +57,7 @@ from gateway.record import CallRecord
 from gateway.replay import replay_capture
 from gateway.service import Gateway
 from gateway.users import Directory, Role, User
-from gateway.web import build_app
+from gateway.web import ROLLUPS, build_app
 
 log = logging.getLogger("cti_gateway")
 
@@ -121,6 +125,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     p.set_defaults(func=cmd_calls)
 
+    p = sub.add_parser("rebuild-rollups", help="recompute the reports' daily roll-ups from the stored calls")
+    p.add_argument("--config", required=True, type=Path)
+    p.set_defaults(func=cmd_rebuild_rollups)
+
     p = sub.add_parser("check-config", help="validate a config file and exit")
     p.add_argument("file", type=Path)
     p.set_defaults(func=cmd_check_config)
@@ -183,6 +191,32 @@ async def _read_calls(config: Config, since: float | None) -> list[CallRecord]:
         return await store.calls(since=since)
     finally:
         await store.close()
+
+
+# -- rebuild-rollups ----------------------------------------------------------
+
+
+def cmd_rebuild_rollups(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if not config.store.path.exists():
+        print(f"cti-gateway rebuild-rollups: no database at {config.store.path}", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        store = await Store.open(config.store.path)
+        try:
+            def progress(done: int, total: int) -> None:
+                print(f"\rrebuilding roll-ups: {done}/{total} calls ({100 * done // max(total, 1)}%)",
+                      end="", file=sys.stderr, flush=True)
+
+            done = await rebuild(store, Rollups(config.kpi.timezone, config.reports.qualified_results),
+                                 progress=progress)
+        finally:
+            await store.close()
+        print(f"\nroll-ups rebuilt from {done} calls", file=sys.stderr)
+        return 0
+
+    return asyncio.run(run())
 
 
 # -- check-config ------------------------------------------------------------
@@ -256,6 +290,7 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
     click_to_call = ClickToCall(store, AmiDialer(link, dial_string=routing.dial_string), plans, directory, time.time,
                                 region=http.default_region, contacts=contacts)
     followup = Followup(store, plans=plans, directory=directory, kpi=config.kpi, vip=config.vip, hub=hub)
+    rollups = Rollups(config.kpi.timezone, config.reports.qualified_results)
     rec = config.recordings
     recordings = Recordings(store)
     collector = Collector(recordings, directory=rec.directory, asterisk_dir=rec.asterisk_dir,
@@ -264,7 +299,7 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
     gateway = Gateway(store, hub=hub, metrics=metrics, region=http.default_region,
                       crm_url_template=http.crm_url_template, plans=plans, contacts=contacts,
                       presence=presence, click_to_call=click_to_call, followup=followup, collector=collector,
-                      on_record=on_record)
+                      rollups=rollups, on_record=on_record)
     gateway_ref.append(gateway)
     router = Router(
         contacts=contacts, plans=plans, directory=directory, presence=presence, clock=time.time,
@@ -312,6 +347,10 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
     add_recording_routes(app)
     app[PRIVACY] = PrivacyDesk(store, plans, rec.directory, region=http.default_region)
     add_privacy_routes(app)
+    app[ROLLUPS] = rollups
+    app[REPORTS] = Reports(Deals(store, zone=config.kpi.timezone, region=http.default_region), plans,
+                           config.kpi.timezone, config.reports.roi_basis)
+    add_dashboard_routes(app)
     webhooks.add_routes(app, router.decide)
     await webhooks.recover()  # calls a crash left half-done, from the inbox
     runner = web.AppRunner(app, access_log=None)

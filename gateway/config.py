@@ -129,6 +129,12 @@ class RecordingsConfig:
 
 
 @dataclass(frozen=True)
+class ReportsConfig:
+    qualified_results: tuple[str, ...] = ("order",)  # call results that make a call "qualified"
+    roi_basis: str = "margin"  # ROI = (margin - cost) / cost, or (revenue - cost) / cost
+
+
+@dataclass(frozen=True)
 class WebhooksConfig:
     public_base_url: str | None = None  # the gateway as providers reach it (signatures over URLs)
     accounts: tuple[WebhookAccount, ...] = ()
@@ -148,6 +154,7 @@ class Config:
     vip: VipPlan = VipPlan()
     webhooks: WebhooksConfig = field(default_factory=lambda: WebhooksConfig())
     recordings: RecordingsConfig = field(default_factory=lambda: RecordingsConfig())
+    reports: ReportsConfig = ReportsConfig()
 
     def agent_devices(self) -> dict[str, str]:
         """Device name -> extension, for the AMI channel classifier."""
@@ -220,7 +227,7 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None, environ: Mappi
     where = str(source) if source else "<config>"
     base = source.parent if source else Path.cwd()
     known = {"ami", "http", "store", "agents", "users", "shops", "numbers", "plan", "routing", "kpi", "vip",
-             "webhooks", "recordings"}
+             "webhooks", "recordings", "reports"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{where}: [{key}]: unknown section (known: {', '.join(sorted(known))})")
@@ -300,7 +307,20 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None, environ: Mappi
     return Config(source=source, ami=ami, http=http, store=store, agents=agents, users=users, plan=plan,
                   routing=routing, kpi=_kpi(table("kpi")), vip=_vip(table("vip")),
                   webhooks=_webhooks(data.get("webhooks", {}), where, base, environ),
-                  recordings=_recordings(table("recordings"), base))
+                  recordings=_recordings(table("recordings"), base),
+                  reports=_reports(table("reports"), http.call_results))
+
+
+def _reports(r: _Reader, results: tuple[str, ...]) -> ReportsConfig:
+    qualified = tuple(_strings(r, "qualified_results", ("order",), "a list of call results"))
+    for result in qualified:
+        if result not in results:
+            raise r._fail("qualified_results", f"results from [http] call_results ({', '.join(results)})", result)
+    roi = r.text("roi_basis", "margin")
+    if roi not in ("margin", "revenue"):
+        raise r._fail("roi_basis", '"margin" or "revenue"', roi)
+    r.check_unknown()
+    return ReportsConfig(qualified_results=qualified, roi_basis=roi)
 
 
 def _recordings(r: _Reader, base: Path) -> RecordingsConfig:

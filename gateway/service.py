@@ -30,6 +30,7 @@ from gateway.numberplan import NumberPlan, PlanBook
 from gateway.presence import Presence
 from gateway.record import CallRecord
 from gateway.tracker import CallTracker
+from dashboards.rollups import Rollups
 from recordings.collector import Collector
 from recordings.storage import job_statements
 from gateway.users import Directory
@@ -61,9 +62,11 @@ class Gateway:
         click_to_call: ClickToCall | None = None,
         followup: Followup | None = None,
         collector: Collector | None = None,
+        rollups: Rollups | None = None,
         on_record: RecordListener | None = None,
     ) -> None:
         self.store = store
+        self.rollups = rollups
         self.collector = collector
         self.followup = followup
         self.click_to_call = click_to_call
@@ -167,6 +170,8 @@ class Gateway:
                                                   manager_of=self._login_of)
         if self.followup is not None:
             also += self.followup.call_statements(record)
+        if self.rollups is not None:
+            also += self.rollups.call_statements(record)
         if self.collector is not None and record.recording_path:
             also += job_statements(record.call_id, record.recording_path, self.collector.clock())
         try:

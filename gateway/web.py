@@ -21,6 +21,7 @@ from aiohttp import WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from crm_bridge.store import CallSummary, Store, StoreError
+from dashboards.rollups import Rollups
 from gateway.auth import Signer, TokenError, verify_password
 from gateway.click_to_call import MAX_REQUEST_ID, ClickToCall, ClickToCallError
 from gateway.config import ConfigError, HttpConfig
@@ -50,6 +51,7 @@ CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 RELOAD: web.AppKey[Callable[[], str]] = web.AppKey("reload")
 PRESENCE = web.AppKey("presence", Presence)
 CLICK_TO_CALL = web.AppKey("click_to_call", ClickToCall)
+ROLLUPS = web.AppKey("rollups", Rollups)  # optional: a call's result changes its roll-ups
 USER: web.RequestKey[User | None] = web.RequestKey("user")  # the logged-in user, or None
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -260,7 +262,9 @@ async def set_result(request: web.Request) -> web.StreamResponse:
     if not mine:
         raise _json_error(web.HTTPNotFound, "no_such_call", "no call of yours with this id")
     try:
-        await store.set_result(call_id, str(result), note or None, user.login, request.app[CLOCK]())
+        rollups = request.app.get(ROLLUPS)
+        await store.set_result(call_id, str(result), note or None, user.login, request.app[CLOCK](),
+                               also=rollups.refresh(call_id) if rollups is not None else ())
     except StoreError as exc:
         log.error("result of call %s not saved: %s", call_id, exc)
         raise _json_error(web.HTTPServiceUnavailable, "store_unavailable", "could not save, try again") from None

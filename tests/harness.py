@@ -38,6 +38,10 @@ from crm_bridge.inbox import Inbox
 from recordings.api import PLAYER, Player
 from recordings.api import add_routes as add_recording_routes
 from recordings.collector import Collector
+from dashboards.api import REPORTS, Reports
+from dashboards.api import add_routes as add_dashboard_routes
+from dashboards.deals import Deals
+from dashboards.rollups import Rollups
 from recordings.privacy_api import PRIVACY, PrivacyDesk
 from recordings.privacy_api import add_routes as add_privacy_routes
 from recordings.storage import Recordings
@@ -51,7 +55,7 @@ from gateway.presence import Presence
 from gateway.record import CallRecord
 from gateway.service import Gateway
 from gateway.users import Directory, Role, User
-from gateway.web import build_app
+from gateway.web import ROLLUPS, build_app
 
 PASSWORD = "correct horse"
 SECRET = b"test-signing-secret-0123456789"
@@ -126,12 +130,14 @@ class Harness:
         self.asterisk_dir.mkdir(exist_ok=True)
         self.collector = Collector(self.recordings, directory=self.recordings_dir, asterisk_dir=self.asterisk_dir,
                                    asterisk_prefix="/var/spool/asterisk/recordings/", clock=self.clock)
+        self.rollups = Rollups(self.kpi.timezone if self.kpi else "Europe/Moscow", ("order",))
         self.followup = Followup(self.store, plans=plans, directory=self.directory, kpi=self.kpi, vip=self.vip,
                                  hub=self.hub, clock=self.clock)
         self.gateway = Gateway(self.store, hub=self.hub, metrics=self.metrics, region=self.http.default_region,
                                crm_url_template=self.http.crm_url_template, plans=plans,
                                contacts=self.contacts, presence=self.presence, click_to_call=self.click_to_call,
-                               followup=self.followup, collector=self.collector, on_record=self._on_record)
+                               followup=self.followup, collector=self.collector, rollups=self.rollups,
+                               on_record=self._on_record)
         self.router = Router(contacts=self.contacts, plans=plans, directory=self.directory, presence=self.presence,
                              clock=self.clock, normalise=lambda raw: e164(raw, self.http.default_region))
         self.webhooks = Webhooks(self.gateway, Inbox(self.store),
@@ -165,6 +171,10 @@ class Harness:
         app[PRIVACY] = PrivacyDesk(self.store, self.gateway.plans, self.recordings_dir,
                                    region=self.http.default_region, clock=self.clock)
         add_privacy_routes(app)
+        app[ROLLUPS] = self.rollups
+        app[REPORTS] = Reports(Deals(self.store, zone=self.rollups.zone.key, region=self.http.default_region),
+                               self.gateway.plans, self.rollups.zone.key)
+        add_dashboard_routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
