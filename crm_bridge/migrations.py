@@ -329,20 +329,27 @@ MIGRATIONS: list[tuple[int, str]] = [
         ) WITHOUT ROWID;
         CREATE TABLE rollup_hours (
             day     TEXT NOT NULL,
+            hour    INTEGER NOT NULL,
             shop    TEXT NOT NULL,
             channel TEXT NOT NULL,
-            hour    INTEGER NOT NULL,
             calls   INTEGER NOT NULL,
             missed  INTEGER NOT NULL,       -- missed or abandoned
-            PRIMARY KEY (day, shop, channel, hour)
+            PRIMARY KEY (day, hour, shop, channel)
         ) WITHOUT ROWID;
+        -- One row per caller, key and day he called, for the keys (shop,
+        -- channel), ('*', channel), (shop, '*') and ('*', '*'); prev_day is
+        -- the day he called before on that key (NULL: never), so the unique
+        -- callers of a period are its rows whose prev_day is before the
+        -- period: a range count, no DISTINCT.
         CREATE TABLE caller_days (
-            day      TEXT NOT NULL,
             shop     TEXT NOT NULL,
             channel  TEXT NOT NULL,
+            day      TEXT NOT NULL,
             customer TEXT NOT NULL,
-            PRIMARY KEY (day, shop, channel, customer)
+            prev_day TEXT,
+            PRIMARY KEY (shop, channel, day, customer)
         ) WITHOUT ROWID;
+        CREATE INDEX caller_days_caller ON caller_days (customer, shop, channel, day);
         CREATE TABLE deals (
             deal_id       INTEGER PRIMARY KEY,
             external_id   TEXT NOT NULL UNIQUE,

@@ -25,6 +25,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from crm_bridge.store import Store
+from dashboards.rollups import ALL
 from gateway.kpi import day_bounds
 from gateway.numberplan import NumberPlan
 
@@ -45,6 +46,15 @@ def fees(plan: NumberPlan, first: date, last: date, shop: str | None = None) -> 
         for day in _days(first, last):
             out[(line.shop.shop_id, line.channel)] += line.monthly_fee / calendar.monthrange(day.year, day.month)[1]
     return out
+
+
+async def unique_callers(store: Store, shop: str, channel: str, first: str, last: str) -> int:
+    """Distinct callers of a key ("*": every shop / channel) from ``first`` to
+    ``last``: each counts on his first day in the period, a range count."""
+    rows = await store.read(
+        "SELECT count(*) FROM caller_days WHERE shop = ? AND channel = ? AND day BETWEEN ? AND ? "
+        "AND (prev_day IS NULL OR prev_day < ?)", (shop, channel, first, last, first))
+    return int(rows[0][0])
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:
@@ -69,10 +79,8 @@ async def figures(store: Store, plan: NumberPlan, first: date, last: date, *, zo
             "GROUP BY shop, channel", (a, b, *shop_args)):
         rows[(s, c)].update(calls=calls, answered=answered, missed=missed, abandoned=abandoned, wait_sum=wait,
                             talk_seconds=talk, qualified=qualified)
-    for s, c, n in await store.read(
-            "SELECT shop, channel, count(DISTINCT customer) FROM caller_days "
-            f"WHERE day BETWEEN ? AND ?{where_shop} GROUP BY shop, channel", (a, b, *shop_args)):
-        rows[(s, c)]["unique_callers"] = n
+    for s, c in list(rows):
+        rows[(s, c)]["unique_callers"] = await unique_callers(store, s, c, a, b)
     lead_shop = " AND first_shop = ?" if shop is not None else ""
     for s, c, n in await store.read(
             "SELECT coalesce(first_shop, ''), coalesce(source_channel, ''), count(*) FROM contacts "
@@ -145,6 +153,11 @@ async def channel_report(store: Store, plan: NumberPlan, first: date, last: date
         return {channel: _sum(values, roi_basis) for channel, values in channels.items()}
 
     current, previous = by_channel(now), by_channel(then)
+    every = shop if shop is not None else ALL  # unique callers across the shops of a channel are not a sum
+    for span, groups in (((first, last), current), ((before_first, before_last), previous)):
+        for channel, values in groups.items():
+            values["unique_callers"] = await unique_callers(store, every, channel, span[0].isoformat(),
+                                                            span[1].isoformat())
     channels = [{"channel": channel or None, **values, "previous": previous.get(channel)}
                 for channel, values in sorted(current.items(), key=lambda kv: -kv[1]["calls"])]
     heat = [[{"calls": 0, "missed": 0} for _ in range(24)] for _ in range(7)]
@@ -166,7 +179,11 @@ async def channel_report(store: Store, plan: NumberPlan, first: date, last: date
         "channels": channels,
         "by_shop": [{"shop": s or None, "channel": c or None, **v}
                     for (s, c), v in sorted(now.items(), key=lambda kv: (kv[0][0], -kv[1]["calls"]))],
-        "totals": {**_sum(current.values(), roi_basis), "previous": _sum(previous.values(), roi_basis)},
+        "totals": {**_sum(current.values(), roi_basis),
+                   "unique_callers": await unique_callers(store, every, ALL, first.isoformat(), last.isoformat()),
+                   "previous": {**_sum(previous.values(), roi_basis),
+                                "unique_callers": await unique_callers(store, every, ALL, before_first.isoformat(),
+                                                                       before_last.isoformat())}},
         "heatmap": {"weekdays": list(WEEKDAYS), "cells": heat},
         "trend": list(trend.values()),
     }

@@ -40,17 +40,27 @@ _DAILY = (
     "talk_sum = excluded.talk_sum, qualified = excluded.qualified"
 )
 _HOURS = (
-    "INSERT INTO rollup_hours (day, shop, channel, hour, calls, missed) "
-    "SELECT k.day, k.shop, k.channel, c.hour, count(*), sum(c.outcome IN ('missed', 'abandoned')) "
+    "INSERT INTO rollup_hours (day, hour, shop, channel, calls, missed) "
+    "SELECT k.day, c.hour, k.shop, k.channel, count(*), sum(c.outcome IN ('missed', 'abandoned')) "
     f"FROM {_KEY} AS k JOIN calls AS c ON {_OF_KEY} AND c.hour = (SELECT hour FROM calls WHERE call_id = ?1) "
-    "WHERE k.day IS NOT NULL GROUP BY k.day, k.shop, k.channel, c.hour "
-    "ON CONFLICT (day, shop, channel, hour) DO UPDATE SET calls = excluded.calls, missed = excluded.missed"
+    "WHERE k.day IS NOT NULL GROUP BY k.day, c.hour, k.shop, k.channel "
+    "ON CONFLICT (day, hour, shop, channel) DO UPDATE SET calls = excluded.calls, missed = excluded.missed"
 )
+ALL = "*"  # caller_days' key for "every shop" / "every channel"
 _CALLER = (
-    "INSERT INTO caller_days (day, shop, channel, customer) "
-    "SELECT day, coalesce(shop, ''), coalesce(channel, ''), customer FROM calls "
-    "WHERE call_id = ?1 AND direction = 'inbound' AND customer IS NOT NULL AND day IS NOT NULL "
-    "ON CONFLICT DO NOTHING"
+    "INSERT INTO caller_days (shop, channel, day, customer) "
+    "SELECT CASE WHEN k.n IN (0, 2) THEN x.s ELSE '*' END, CASE WHEN k.n IN (0, 1) THEN x.c ELSE '*' END, "
+    "x.day, x.customer "
+    "FROM (SELECT coalesce(shop, '') AS s, coalesce(channel, '') AS c, day, customer FROM calls "
+    "WHERE call_id = ?1 AND direction = 'inbound' AND customer IS NOT NULL AND day IS NOT NULL) AS x, "
+    "(SELECT 0 AS n UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3) AS k "
+    "WHERE true ON CONFLICT DO NOTHING"
+)
+# Every day of this caller, on every key, gets the day he called before there (a few rows: his days).
+_PREV_DAYS = (
+    "UPDATE caller_days SET prev_day = (SELECT max(d.day) FROM caller_days AS d WHERE d.customer = caller_days.customer "
+    "AND d.shop = caller_days.shop AND d.channel = caller_days.channel AND d.day < caller_days.day) "
+    "WHERE customer = (SELECT customer FROM calls WHERE call_id = ?1)"
 )
 
 
@@ -74,33 +84,62 @@ class Rollups:
 
     def refresh(self, call_id: str) -> list[Statement]:
         """Recompute the roll-ups of the call's key (after its result changed, too)."""
-        return [(_DAILY, (call_id, self.qualified)), (_HOURS, (call_id,)), (_CALLER, (call_id,))]
+        return [(_DAILY, (call_id, self.qualified)), (_HOURS, (call_id,)), (_CALLER, (call_id,)),
+                (_PREV_DAYS, (call_id,))]
 
 
-async def rebuild(store: Store, rollups: Rollups, *, progress: Callable[[int, int], None] | None = None,
-                  page: int = 5000) -> int:
-    """Recompute every call's day and hour and every roll-up; how many calls."""
+# OR REPLACE / OR IGNORE: a call stored meanwhile may have recomputed its key already.
+_DAY_DAILY = (
+    "INSERT OR REPLACE INTO rollup_daily (day, shop, channel, calls, answered, missed, abandoned, wait_sum, talk_sum, qualified) "
+    "SELECT c.day, coalesce(c.shop, ''), coalesce(c.channel, ''), count(*), sum(c.outcome = 'answered'), "
+    "sum(c.outcome = 'missed'), sum(c.outcome = 'abandoned'), "
+    "sum(CASE WHEN c.outcome = 'answered' THEN c.ring_seconds ELSE 0 END), sum(c.talk_seconds), "
+    "coalesce(sum(r.result IN (SELECT value FROM json_each(?2))), 0) "
+    "FROM calls AS c LEFT JOIN call_results AS r ON r.call_id = c.call_id "
+    "WHERE c.day = ?1 AND c.direction = 'inbound' GROUP BY 1, 2, 3"
+)
+_DAY_HOURS = (
+    "INSERT OR REPLACE INTO rollup_hours (day, hour, shop, channel, calls, missed) "
+    "SELECT day, hour, coalesce(shop, ''), coalesce(channel, ''), count(*), sum(outcome IN ('missed', 'abandoned')) "
+    "FROM calls WHERE day = ?1 AND direction = 'inbound' GROUP BY 1, 2, 3, 4"
+)
+_DAY_CALLERS = (
+    "INSERT OR IGNORE INTO caller_days (shop, channel, day, customer) "
+    "SELECT DISTINCT CASE WHEN k.n IN (0, 2) THEN coalesce(c.shop, '') ELSE '*' END, "
+    "CASE WHEN k.n IN (0, 1) THEN coalesce(c.channel, '') ELSE '*' END, c.day, c.customer "
+    "FROM calls AS c, (SELECT 0 AS n UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3) AS k "
+    "WHERE c.day = ?1 AND c.direction = 'inbound' AND c.customer IS NOT NULL"
+)
+_ALL_PREV_DAYS = (
+    "UPDATE caller_days SET prev_day = (SELECT max(d.day) FROM caller_days AS d WHERE d.customer = caller_days.customer "
+    "AND d.shop = caller_days.shop AND d.channel = caller_days.channel AND d.day < caller_days.day)"
+)
+
+
+async def rebuild(store: Store, rollups: Rollups, *, progress: Callable[[str, int, int], None] | None = None,
+                  page: int = 20_000) -> int:
+    """Recompute every call's local day and hour, then every day's roll-ups,
+    set by set (a year of a million calls in seconds); how many calls.
+    ``progress(stage, done, total)`` is told as it goes."""
     total = (await store.read("SELECT count(*) FROM calls"))[0][0]
-    await store.write(("DELETE FROM rollup_daily", ()), ("DELETE FROM rollup_hours", ()),
-                      ("DELETE FROM caller_days", ()))
     done, after = 0, ""
     while True:
         rows = await store.read("SELECT call_id, started_at FROM calls WHERE call_id > ? ORDER BY call_id LIMIT ?",
                                 (after, page))
         if not rows:
             break
-        statements: list[Statement] = []
-        for call_id, started_at in rows:
-            day, hour = rollups.local(started_at)
-            statements.append(("UPDATE calls SET day = ?, hour = ? WHERE call_id = ?", (day, hour, call_id)))
-        await store.write(*statements)
-        keys = await store.read(
-            f"SELECT min(call_id) FROM calls WHERE call_id IN ({', '.join('?' for _ in rows)}) "
-            "GROUP BY day, coalesce(shop, ''), coalesce(channel, ''), hour", tuple(r[0] for r in rows))
-        await store.write(*(s for (call_id,) in keys for s in rollups.refresh(call_id)),
-                          *((_CALLER, (call_id,)) for call_id, _ in rows))
+        await store.write(*(("UPDATE calls SET day = ?, hour = ? WHERE call_id = ?", (*rollups.local(at), call_id))
+                            for call_id, at in rows))
         done += len(rows)
         after = rows[-1][0]
         if progress is not None:
-            progress(done, total)
+            progress("calls", done, total)
+    days = [day for (day,) in await store.read("SELECT DISTINCT day FROM calls WHERE day IS NOT NULL ORDER BY day")]
+    await store.write(("DELETE FROM rollup_daily", ()), ("DELETE FROM rollup_hours", ()),
+                      ("DELETE FROM caller_days", ()))
+    for n, day in enumerate(days, start=1):
+        await store.write((_DAY_DAILY, (day, rollups.qualified)), (_DAY_HOURS, (day,)), (_DAY_CALLERS, (day,)))
+        if progress is not None:
+            progress("days", n, len(days))
+    await store.write((_ALL_PREV_DAYS, ()))
     return done

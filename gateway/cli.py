@@ -205,8 +205,8 @@ def cmd_rebuild_rollups(args: argparse.Namespace) -> int:
     async def run() -> int:
         store = await Store.open(config.store.path)
         try:
-            def progress(done: int, total: int) -> None:
-                print(f"\rrebuilding roll-ups: {done}/{total} calls ({100 * done // max(total, 1)}%)",
+            def progress(stage: str, done: int, total: int) -> None:
+                print(f"\rrebuilding roll-ups: {stage} {done}/{total} ({100 * done // max(total, 1)}%)   ",
                       end="", file=sys.stderr, flush=True)
 
             done = await rebuild(store, Rollups(config.kpi.timezone, config.reports.qualified_results),
