@@ -375,6 +375,24 @@ MIGRATIONS: list[tuple[int, str]] = [
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        11,
+        # The daily digest: one row per (recipient, his local day, channel), so
+        # a restart the same morning sends nothing twice and a failed send is
+        # retried from last_attempt_at.
+        """
+        CREATE TABLE digest_sent (
+            recipient       TEXT NOT NULL,
+            day             TEXT NOT NULL,
+            channel         TEXT NOT NULL,     -- email | telegram
+            sent_at         REAL,              -- NULL until it went out
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            last_attempt_at REAL,
+            error           TEXT,              -- the last error; NULL once sent
+            PRIMARY KEY (recipient, day, channel)
+        ) WITHOUT ROWID;
+        """,
+    ),
 ]
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

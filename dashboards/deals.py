@@ -85,7 +85,8 @@ class Deals:
 
     def statement(self, deal: Deal, now: float) -> Statement:
         end = day_bounds(deal.day, deal.day, self.zone)[1]
-        last = ("(SELECT {0} FROM calls WHERE customer = ?2 AND started_at < ?8 "
+        # The last call he made to us: our own calls back carry no ad channel.
+        last = ("(SELECT {0} FROM calls WHERE customer = ?2 AND direction = 'inbound' AND started_at < ?8 "
                 "ORDER BY started_at DESC LIMIT 1)")
         contact = ("(SELECT c.{0} FROM contact_phones AS p JOIN contacts AS c ON c.contact_id = p.contact_id "
                    "WHERE p.phone = ?2)")

@@ -125,15 +125,19 @@ def _derived(v: dict[str, Any], roi_basis: str) -> dict[str, Any]:
     }
 
 
+_COUNTS = ("calls", "answered", "missed", "abandoned", "qualified", "unique_callers", "new_leads", "callbacks",
+           "callbacks_in_sla", "deals_won", "deals_won_last_touch")
+_AMOUNTS = ("talk_seconds", "revenue", "margin", "revenue_last_touch", "margin_last_touch", "cost")
+
+
 def _sum(groups: Iterable[Mapping[str, Any]], roi_basis: str) -> dict[str, Any]:
-    total: dict[str, Any] = defaultdict(float)
+    """Groups added up (nothing at all: zeros, never a missing figure)."""
+    total: dict[str, Any] = {**dict.fromkeys(_COUNTS, 0), **dict.fromkeys(_AMOUNTS, 0.0), "wait_sum": 0.0}
     for g in groups:
-        for k in ("calls", "answered", "missed", "abandoned", "talk_seconds", "qualified", "unique_callers",
-                  "new_leads", "callbacks", "callbacks_in_sla", "deals_won", "revenue", "margin",
-                  "deals_won_last_touch", "revenue_last_touch", "margin_last_touch", "cost"):
+        for k in (*_COUNTS, *_AMOUNTS):
             total[k] += g[k] or 0
         total["wait_sum"] += (g["avg_wait_seconds"] or 0) * g["answered"]
-    return _derived(dict(total), roi_basis)
+    return _derived(total, roi_basis)
 
 
 async def channel_report(store: Store, plan: NumberPlan, first: date, last: date, *, zone: str,

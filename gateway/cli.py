@@ -48,6 +48,7 @@ from recordings.collector import Collector
 from dashboards.api import REPORTS, Reports
 from dashboards.api import add_routes as add_dashboard_routes
 from dashboards.deals import Deals
+from dashboards.digest import Digest
 from dashboards.rollups import Rollups, rebuild
 from recordings import retention
 from recordings.privacy_api import PRIVACY, PrivacyDesk
@@ -394,6 +395,8 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
     webhook_consumer = asyncio.create_task(webhooks.run(), name="webhooks")
     collecting = asyncio.create_task(collector.run(), name="recordings")
     purging = asyncio.create_task(retention.watch(store, plans, rec.directory), name="retention")
+    digest = asyncio.create_task(Digest(config.digest, store, followup).run(), name="digest") \
+        if config.digest.recipients else None
     log.info("gateway running: AMI %s:%s, HTTP http://%s:%s/, store %s", settings.host, settings.port,
              http.host, port, config.store.path)
     if started is not None:
@@ -419,7 +422,10 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
         webhook_consumer.cancel()
         collecting.cancel()
         purging.cancel()
-        await asyncio.gather(webhook_consumer, collecting, purging, return_exceptions=True)
+        if digest is not None:
+            digest.cancel()
+        await asyncio.gather(webhook_consumer, collecting, purging, *([digest] if digest else []),
+                             return_exceptions=True)
         await gateway.drain()
         await store.close()
     return 0

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dashboards.digest import DigestConfig, parse_digest
 from gateway.auth import is_password_hash
 from gateway.phones import format_e164, parse_phone
 from gateway.kpi import DEFAULT_POINTS, KpiRules, VipPlan
@@ -155,6 +156,7 @@ class Config:
     webhooks: WebhooksConfig = field(default_factory=lambda: WebhooksConfig())
     recordings: RecordingsConfig = field(default_factory=lambda: RecordingsConfig())
     reports: ReportsConfig = ReportsConfig()
+    digest: DigestConfig = DigestConfig()
 
     def agent_devices(self) -> dict[str, str]:
         """Device name -> extension, for the AMI channel classifier."""
@@ -227,7 +229,7 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None, environ: Mappi
     where = str(source) if source else "<config>"
     base = source.parent if source else Path.cwd()
     known = {"ami", "http", "store", "agents", "users", "shops", "numbers", "plan", "routing", "kpi", "vip",
-             "webhooks", "recordings", "reports"}
+             "webhooks", "recordings", "reports", "digest"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{where}: [{key}]: unknown section (known: {', '.join(sorted(known))})")
@@ -308,7 +310,15 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None, environ: Mappi
                   routing=routing, kpi=_kpi(table("kpi")), vip=_vip(table("vip")),
                   webhooks=_webhooks(data.get("webhooks", {}), where, base, environ),
                   recordings=_recordings(table("recordings"), base),
-                  reports=_reports(table("reports"), http.call_results))
+                  reports=_reports(table("reports"), http.call_results),
+                  digest=_digest(data.get("digest", {}), where, environ))
+
+
+def _digest(table: Any, where: str, environ: Mapping[str, str]) -> DigestConfig:
+    try:
+        return parse_digest(table, where, environ)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _reports(r: _Reader, results: tuple[str, ...]) -> ReportsConfig:
