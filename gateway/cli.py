@@ -8,14 +8,16 @@ import csv
 import getpass
 import json
 import logging
+import random
 import secrets
 import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from connectors.ami.capture import CaptureError
 from connectors.ami.dialer import AmiDialer
@@ -47,7 +49,7 @@ from recordings.api import add_routes as add_recording_routes
 from recordings.collector import Collector
 from dashboards.api import REPORTS, Reports
 from dashboards.api import add_routes as add_dashboard_routes
-from dashboards.deals import Deals
+from dashboards.deals import Deals, parse_deal
 from dashboards.digest import Digest
 from dashboards.rollups import Rollups, rebuild
 from recordings import retention
@@ -247,7 +249,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
-                 started: Callable[[int], None] | None = None) -> int:
+                 started: Callable[[int], None] | None = None,
+                 alongside: Callable[[Deals], Coroutine[Any, Any, None]] | None = None) -> int:
     """Connect the link, consume, store, serve HTTP; until a signal (or ``stop_after`` calls)."""
     try:
         store = await Store.open(config.store.path)
@@ -397,6 +400,7 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
     purging = asyncio.create_task(retention.watch(store, plans, rec.directory), name="retention")
     digest = asyncio.create_task(Digest(config.digest, store, followup).run(), name="digest") \
         if config.digest.recipients else None
+    extra = asyncio.create_task(alongside(app[REPORTS].deals), name="alongside") if alongside else None
     log.info("gateway running: AMI %s:%s, HTTP http://%s:%s/, store %s", settings.host, settings.port,
              http.host, port, config.store.path)
     if started is not None:
@@ -422,9 +426,10 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
         webhook_consumer.cancel()
         collecting.cancel()
         purging.cancel()
-        if digest is not None:
-            digest.cancel()
-        await asyncio.gather(webhook_consumer, collecting, purging, *([digest] if digest else []),
+        for task in (digest, extra):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(webhook_consumer, collecting, purging, *(t for t in (digest, extra) if t),
                              return_exceptions=True)
         await gateway.drain()
         await store.close()
@@ -447,8 +452,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    import random
-
     from connectors.ami.demo_pbx import DemoPbx
     from connectors.ami.server import AmiServer
     from gateway.config import HttpConfig, RecordingsConfig, Secret, StoreConfig
@@ -472,10 +475,33 @@ async def _demo(args: argparse.Namespace) -> int:
                   f"olga (manager), mark (marketer) or admin; the password is \"demo\"", file=sys.stderr)
 
         try:
-            return await _serve(config, settings, stop_after=args.calls, started=started)
+            return await _serve(config, settings, stop_after=args.calls, started=started,
+                                alongside=lambda deals: demo_deals(deals, random.Random(args.seed), args.interval))
         finally:
             player.cancel()
             await asyncio.gather(player, return_exceptions=True)
+
+
+async def demo_deals(deals: Deals, rng: random.Random, interval: float) -> None:
+    """The demo's sales: now and then a customer who called buys (or not), and
+    yandex posts its spend, so the dashboard has money in it from the start."""
+    from datetime import date
+
+    await deals.put_cost({"channel": "yandex", "shop": "A", "date": date.today().isoformat(), "amount": 2500})
+    sale = 0
+    while True:
+        await asyncio.sleep(max(1.0, interval * 3))
+        rows = await deals.store.read(
+            "SELECT customer FROM calls WHERE direction = 'inbound' AND outcome = 'answered' AND customer IS NOT NULL "
+            "ORDER BY started_at DESC LIMIT 20")
+        if not rows:
+            continue
+        sale += 1
+        amount = rng.choice((4900, 12500, 31000, 58000))
+        await deals.put(parse_deal({"external_id": f"demo-{secrets.token_hex(4)}-{sale}",
+                                    "phone": rng.choice(rows)[0], "amount": amount, "margin": round(amount * 0.35),
+                                    "status": "won" if rng.random() < 0.6 else "lost",
+                                    "date": date.today().isoformat()}, "RU"), time.time())
 
 
 def demo_plan() -> NumberPlan:
@@ -488,7 +514,7 @@ def demo_plan() -> NumberPlan:
     b = Shop("B", "Shop B", caller_id="+74950000002", supervisor="olga", default_owner="boris",
              callback_sla_minutes=5)
     lines = [Line("+74950000001", a, "direct"), Line("+74950000002", b, "direct"),
-             Line("+74950000003", a, "yandex"), Line("+74950000004", b, "avito")]
+             Line("+74950000003", a, "yandex", monthly_fee=3000.0), Line("+74950000004", b, "avito", monthly_fee=1500.0)]
     return NumberPlan(shops={"A": a, "B": b}, lines={line.number: line for line in lines}, default_shop="A")
 
 
