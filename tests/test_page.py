@@ -308,7 +308,7 @@ async def test_a_call_ringing_before_the_page_loads_is_shown(tmp_path: Path, bro
         await expect(card).to_have_count(0)
 
 
-async def test_wrong_password_and_a_marketer_gets_the_note(tmp_path: Path, browser: Browser) -> None:
+async def test_wrong_password_and_a_marketer_gets_the_dashboard(tmp_path: Path, browser: Browser) -> None:
     async with Harness(tmp_path) as h, new_page(browser, "en-US") as page:
         await page.goto(h.url + "/")
         await page.get_by_label("Login").fill("mark")
@@ -317,8 +317,9 @@ async def test_wrong_password_and_a_marketer_gets_the_note(tmp_path: Path, brows
         await expect(page.get_by_test_id("login-error")).to_have_text("Wrong login or password.")
 
         await log_in(page, h, "mark", connected=False)
-        await expect(page.get_by_test_id("nonagent-note")).to_be_visible()
-        await expect(page.get_by_test_id("nonagent-note")).to_contain_text("This page is for agents")
+        await expect(page.get_by_test_id("dashboard")).to_be_visible()  # tests/test_dashboard_page.py has the rest
+        await expect(page.get_by_test_id("dash-status")).to_have_text("No calls in this period.")
+        await expect(page.get_by_test_id("nonagent-note")).to_be_hidden()
         await expect(page.get_by_test_id("conn-state")).to_be_hidden()
         await page.get_by_test_id("logout").click()
         await expect(page.get_by_test_id("login-form")).to_be_visible()

@@ -244,11 +244,11 @@ async def test_manager_sees_the_teams_missed_calls_kpi_vip_plan_and_overdue_noti
         await page.screenshot(path=str(ARTIFACTS / "manager-page.png"), full_page=True)
 
 
-async def test_a_marketer_keeps_the_note(tmp_path: Path, browser: Browser) -> None:
+async def test_a_marketer_gets_the_dashboard_and_no_operator_sections(tmp_path: Path, browser: Browser) -> None:
     async with harness(tmp_path) as h, new_page(browser, "en-US") as page:
         await log_in(page, h, "mark", connected=False)
-        await expect(page.get_by_test_id("nonagent-note")).to_be_visible()  # logged in: the note is shown
-        await expect(page.get_by_test_id("nonagent-note")).to_contain_text("This page is for agents")
+        await expect(page.get_by_test_id("dashboard")).to_be_visible()  # logged in: his dashboard
+        await expect(page.get_by_test_id("nonagent-note")).to_be_hidden()
         await expect(page.get_by_test_id("logout")).to_be_visible()
         await expect(page.get_by_test_id("conn-state")).to_be_hidden()
         await expect(page.get_by_test_id("team-missed-table")).to_be_hidden()

@@ -4,7 +4,10 @@
    and points (GET /api/kpi); a manager's (or administrator's) team missed calls,
    KPI table, VIP call plan (GET /api/vip-plan) and notices over the websocket; their
    call log (GET /api/calls/log: filters, CSV export, a player with the waveform for
-   each recorded call, GET /api/calls/{id}/recording/link).
+   each recorded call, GET /api/calls/{id}/recording/link); the dashboard of marketers
+   (and above their sections, of managers and administrators): GET /api/reports/channels
+   as KPI tiles and SVG charts (charts.js), the channel table and its CSV; leads also get
+   GET /api/reports/agents.
 
    Plain browser JavaScript, no build step. The protocol is docs/websocket-protocol.md;
    in short: GET /api/token (session cookie), open /ws, send {"type":"auth"} first,
@@ -104,6 +107,17 @@
     logSeq: 0,            // answers to an older call log request are dropped
     logTimer: 0,
     player: null,         // the open player: {callId, row, audio, canvas, peaks, duration, ...}
+    dash: null,           // the last /api/reports/channels answer
+    dashError: null,      // why the last report request failed (text), or null
+    dashLoading: false,
+    dashSeq: 0,           // answers to an older report request are dropped
+    dashTimer: 0,
+    dashToday: null,      // the reports' today (their time zone), from the first answer
+    dashShops: new Set(), // shop ids seen in any answer: the shop filter's choices
+    heat: 'calls',        // what the heatmap shows: calls | missed
+    agentsReport: null,   // the last /api/reports/agents answer (leads)
+    agentsError: null,
+    agentsSeq: 0,
   };
 
   const $ = (id) => document.getElementById(id);
@@ -181,6 +195,7 @@
     renderFollowup();
     renderNotices();
     renderLog();
+    renderDashboard();
   }
 
   // -- formatting (the browser's own time zone unless a zone is given) -------------------
@@ -309,7 +324,9 @@
     $('nonagent-view').hidden = view !== 'nonagent';
     $('agent-view').hidden = view !== 'agent';
     $('manager-view').hidden = view !== 'manager';
-    $('session').hidden = !(socket || view === 'nonagent');
+    // Marketers get the dashboard alone; managers and administrators above their sections.
+    $('dashboard-view').hidden = !(view === 'dashboard' || view === 'manager');
+    $('session').hidden = !(socket || view === 'nonagent' || view === 'dashboard');
     $('agent-tools').hidden = view !== 'agent';
     $('ws-tools').hidden = !socket;
     $('notify-tools').hidden = !socket;
@@ -372,6 +389,11 @@
     S.callResults = Array.isArray(me.call_results) ? me.call_results : [];
     $('session-note').hidden = true;
     renderUser();
+    if (isMarketer()) {
+      show('dashboard');
+      refreshDashboard();
+      return;
+    }
     if (!usesSocket()) {
       show('nonagent');
       return;
@@ -396,6 +418,7 @@
       S.logOffset = 0;
       refreshAgents();
       refreshLog();
+      refreshDashboard();
     }
   }
 
@@ -449,6 +472,18 @@
     S.logSeq += 1;
     for (const [, id] of LOG_FIELDS) $(id).value = ''; // the next user starts with no filters
     renderLog();
+    clearTimeout(S.dashTimer);
+    S.dash = null;
+    S.dashError = null;
+    S.dashLoading = false;
+    S.dashSeq += 1;
+    S.dashToday = null;
+    S.dashShops.clear();
+    S.agentsReport = null;
+    S.agentsError = null;
+    S.agentsSeq += 1;
+    for (const [, id] of DASH_FIELDS) $(id).value = '';
+    renderDashboard();
   }
 
   async function onLogout() {
@@ -1487,6 +1522,289 @@
     }
   }
 
+  // -- the dashboard (marketers, managers, administrators) ------------------------------------
+  //
+  // GET /api/reports/channels for the period and shop in the form: KPI tiles against the
+  // previous period of the same length, bars per channel, the weekday x hour heatmap, the
+  // daily trend and the channel table; the export link carries the same query (format=csv).
+  // The charts are SVG drawn by charts.js. The first answer (no period asked) tells the
+  // reports' "today" in their time zone: the presets count from it, not from this browser's
+  // clock (which may be in another zone). Leads also get GET /api/reports/agents.
+
+  const DASH_FIELDS = [['from', 'dash-from'], ['to', 'dash-to'], ['shop', 'dash-shop']];
+  const DASH_TILES = [
+    ['calls', 'count'], ['unique_callers', 'count'], ['new_leads', 'count'], ['deals_won', 'count'],
+    ['revenue', 'money'], ['cost', 'money'], ['roi', 'roi'],
+  ];
+
+  function isMarketer() { return Boolean(S.user && S.user.role === 'marketer'); }
+
+  function dashQuery() {
+    const q = new URLSearchParams();
+    for (const [key, id] of DASH_FIELDS) {
+      const value = $(id).value.trim();
+      if (value) q.set(key, value);
+    }
+    return q;
+  }
+
+  async function refreshDashboard() {
+    const generation = S.generation;
+    const seq = ++S.dashSeq;
+    const q = dashQuery();
+    S.dashLoading = true;
+    renderDashStatus();
+    let r;
+    try { r = await api('GET', `/api/reports/channels?${q}`); } catch (_) { r = null; }
+    if (generation !== S.generation || seq !== S.dashSeq) return; // a newer request is on its way
+    S.dashLoading = false;
+    if (r && r.status === 401) { sessionEnded(); return; }
+    if (r && r.ok && r.data && Array.isArray(r.data.channels)) {
+      S.dash = r.data;
+      S.dashError = null;
+      if (!S.dashToday) S.dashToday = r.data.to; // asked without a period: the server's today
+      $('dash-from').value = r.data.from;
+      $('dash-to').value = r.data.to;
+      for (const row of r.data.by_shop || []) if (row && typeof row.shop === 'string') S.dashShops.add(row.shop);
+    } else {
+      S.dash = null;
+      S.dashError = t('dash.error', { message: r ? errorText(r) : t('error.network') });
+    }
+    renderDashboard();
+    if (isLead()) refreshAgentsReport();
+  }
+
+  function applyDashSoon() {
+    clearTimeout(S.dashTimer);
+    S.dashTimer = setTimeout(refreshDashboard, LOG_CHANGE_MS);
+  }
+
+  /** "2026-03-05" moved by ``days`` (calendar arithmetic in UTC: no time zone can shift it). */
+  function shiftDay(day, days) {
+    const d = new Date(`${day}T00:00:00Z`);
+    d.setUTCDate(d.getUTCDate() + days);
+    return d.toISOString().slice(0, 10);
+  }
+
+  function presetPeriod(preset) {
+    const today = S.dashToday || $('dash-to').value;
+    if (!today) return null;
+    if (preset === 'month') return [`${today.slice(0, 8)}01`, today];
+    return [shiftDay(today, 1 - Number(preset)), today];
+  }
+
+  function applyPreset(preset) {
+    const period = presetPeriod(preset);
+    if (!period) return;
+    [$('dash-from').value, $('dash-to').value] = period;
+    clearTimeout(S.dashTimer);
+    refreshDashboard();
+  }
+
+  function channelName(channel) {
+    return channel ? label('channel', channel) : t('dash.no_channel');
+  }
+
+  function formatMoney(n) {
+    return typeof n === 'number' && Number.isFinite(n)
+      ? new Intl.NumberFormat(S.lang, { maximumFractionDigits: 0 }).format(n) : '–';
+  }
+
+  function formatPct(n) {
+    return typeof n === 'number' && Number.isFinite(n)
+      ? new Intl.NumberFormat(S.lang, { style: 'percent', maximumFractionDigits: 0 }).format(n / 100) : '–';
+  }
+
+  /** ROI is a ratio ((margin - cost) / cost); null when the channel cost nothing. */
+  function formatRoi(n) {
+    return typeof n === 'number' && Number.isFinite(n)
+      ? new Intl.NumberFormat(S.lang, { style: 'percent', maximumFractionDigits: 0, signDisplay: 'exceptZero' }).format(n)
+      : '–';
+  }
+
+  function tileValue(kind, n) {
+    if (kind === 'money') return formatMoney(n);
+    if (kind === 'roi') return formatRoi(n);
+    return formatNumber(n);
+  }
+
+  /** The change against the previous period: in per cent, ROI in percentage points. */
+  function tileChange(kind, now, before) {
+    if (typeof now !== 'number' || typeof before !== 'number') return { text: t('dash.change_none'), trend: 'none' };
+    if (kind === 'roi') {
+      const points = Math.round((now - before) * 100);
+      const trend = points > 0 ? 'up' : points < 0 ? 'down' : 'same';
+      return { text: t('dash.change_points', { points: new Intl.NumberFormat(S.lang, { signDisplay: 'exceptZero' })
+        .format(points) }), trend };
+    }
+    if (before === 0) return now > 0 ? { text: t('dash.change_new'), trend: 'up' } : { text: t('dash.change_same'), trend: 'same' };
+    const ratio = (now - before) / before;
+    const trend = ratio > 0 ? 'up' : ratio < 0 ? 'down' : 'same';
+    return { text: t('dash.change_pct', { change: new Intl.NumberFormat(S.lang, { style: 'percent',
+      maximumFractionDigits: 0, signDisplay: 'exceptZero' }).format(ratio) }), trend };
+  }
+
+  function renderDashStatus() {
+    const status = $('dash-status');
+    const d = S.dash;
+    let text = '';
+    if (S.dashError) text = S.dashError;
+    else if (S.dashLoading && !d) text = t('dash.loading');
+    else if (d && !d.totals.calls && !d.channels.length) text = t('dash.empty');
+    status.textContent = text;
+    status.hidden = !text;
+    status.dataset.state = S.dashError ? 'error' : '';
+    $('dash-tiles').setAttribute('aria-busy', String(S.dashLoading));
+  }
+
+  function renderDashShops() {
+    const shops = [...S.dashShops].sort().map((id) => [id, shopName(id)]);
+    setOptions($('dash-shop'), shops, t('dash.all_shops'));
+  }
+
+  function renderDashboard() {
+    renderDashShops();
+    renderDashStatus();
+    const d = S.dash;
+    const q = dashQuery();
+    q.set('format', 'csv');
+    $('dash-export').href = `/api/reports/channels?${q}`;
+    for (const b of document.querySelectorAll('[data-preset]')) {
+      const period = d ? presetPeriod(b.dataset.preset) : null;
+      b.setAttribute('aria-pressed', String(Boolean(period && period[0] === d.from && period[1] === d.to)));
+    }
+    for (const b of document.querySelectorAll('[data-heat]')) {
+      b.setAttribute('aria-pressed', String(b.dataset.heat === S.heat));
+    }
+    const period = $('dash-period');
+    period.hidden = !d;
+    period.textContent = d ? t('dash.period', { from: formatDay(d.from), to: formatDay(d.to),
+      prev_from: formatDay(d.previous_period.from), prev_to: formatDay(d.previous_period.to) }) : '';
+    $('dash-heat-zone').textContent = d ? t('dash.heatmap_zone', { zone: d.timezone }) : '';
+    renderTiles(d);
+    renderCharts(d);
+    renderChannelTable(d);
+    renderAgentsReport();
+  }
+
+  function renderTiles(d) {
+    $('dash-tiles').replaceChildren(...(d ? DASH_TILES.map(([key, kind]) => {
+      const now = d.totals[key];
+      const before = d.totals.previous ? d.totals.previous[key] : null;
+      const change = tileChange(kind, now, before);
+      return el('div', { class: 'tile', 'data-testid': `tile-${key}`, 'data-value': typeof now === 'number' ? now : '' },
+        el('span', { class: 'tile-label', text: t(`dash.tile.${key}`) }),
+        el('span', { class: 'tile-value', 'data-testid': 'tile-value', text: tileValue(kind, now),
+          title: kind === 'roi' && now === null ? t('dash.roi_none') : null }),
+        el('span', { class: 'tile-change', 'data-testid': 'tile-change', 'data-trend': change.trend,
+          // For cost, up is not good news.
+          'data-good': String(key === 'cost' ? change.trend === 'down' : change.trend === 'up'),
+          text: change.text, title: t('dash.previous', { value: tileValue(kind, before) }) }));
+    }) : []));
+  }
+
+  function renderCharts(d) {
+    const charts = window.CtiCharts;
+    const boxes = ['chart-calls', 'chart-money', 'chart-heatmap', 'chart-trend'];
+    if (!d || !charts) {
+      for (const id of boxes) $(id).replaceChildren();
+      return;
+    }
+    const labels = { showTable: t('dash.show_table'), showChart: t('dash.show_chart') };
+    const names = d.channels.map((c) => channelName(c.channel));
+    charts.bars($('chart-calls'), {
+      title: t('dash.calls_chart'), kind: 'bars', labels, categories: names, categoryLabel: t('dash.col.channel'),
+      series: [{ key: 'calls', label: t('dash.col.calls'), cls: 's-calls', values: d.channels.map((c) => c.calls) }],
+      format: formatNumber,
+    });
+    charts.bars($('chart-money'), {
+      title: t('dash.money_chart'), kind: 'bars', labels, categories: names, categoryLabel: t('dash.col.channel'),
+      series: [
+        { key: 'cost', label: t('dash.col.cost'), cls: 's-cost', values: d.channels.map((c) => c.cost) },
+        { key: 'margin', label: t('dash.col.margin'), cls: 's-margin', values: d.channels.map((c) => c.margin) },
+      ],
+      format: formatMoney,
+    });
+    const weekday = new Intl.DateTimeFormat(S.lang, { weekday: 'short', timeZone: 'UTC' });
+    const monday = Date.UTC(2024, 0, 1); // a Monday: the heatmap's rows run Monday to Sunday
+    const cells = Array.isArray(d.heatmap && d.heatmap.cells) ? d.heatmap.cells : [];
+    charts.heatmap($('chart-heatmap'), {
+      title: `${t('dash.heatmap')}: ${t(`dash.heat_${S.heat}`)}`, kind: 'heatmap', labels,
+      rows: cells.map((_, i) => weekday.format(new Date(monday + i * 86400000))),
+      columns: Array.from({ length: 24 }, (_, h) => String(h).padStart(2, '0')),
+      values: cells.map((row) => row.map((c) => (c ? c[S.heat] : 0))),
+      cls: S.heat === 'missed' ? 's-missed' : 's-calls', valueLabel: t(`dash.heat_${S.heat}_unit`),
+      format: formatNumber,
+    });
+    const trend = Array.isArray(d.trend) ? d.trend : [];
+    const short = new Intl.DateTimeFormat(S.lang, { day: 'numeric', month: 'short', timeZone: 'UTC' });
+    charts.lines($('chart-trend'), {
+      title: t('dash.trend'), kind: 'lines', labels, pointLabel: t('dash.day'),
+      points: trend.map((p) => short.format(new Date(`${p.day}T12:00:00Z`))),
+      series: ['calls', 'answered', 'missed'].map((key) => ({ key, label: t(`dash.series.${key}`), cls: `s-${key}`,
+        values: trend.map((p) => p[key]) })),
+      format: formatNumber,
+    });
+  }
+
+  function renderChannelTable(d) {
+    const rows = d ? d.channels : [];
+    $('dash-channels-body').replaceChildren(...rows.map((c) => el('tr', { 'data-testid': 'dash-channel',
+      'data-channel': c.channel || '' },
+    el('th', { scope: 'row', 'data-testid': 'dash-channel-name', text: channelName(c.channel) }),
+    el('td', { class: 'num', 'data-testid': 'dash-channel-calls', text: formatNumber(c.calls) }),
+    el('td', { class: 'num', text: formatNumber(c.unique_callers) }),
+    el('td', { class: 'num', text: formatNumber(c.new_leads) }),
+    el('td', { class: 'num', text: formatNumber(c.qualified) }),
+    el('td', { class: 'num', text: formatPct(c.answered_pct) }),
+    el('td', { class: 'num', text: formatPct(c.missed_pct) }),
+    el('td', { class: 'num', text: c.avg_wait_seconds === null ? '–' : formatSeconds(c.avg_wait_seconds) }),
+    el('td', { class: 'num', text: formatNumber(c.callbacks_in_sla) }),
+    el('td', { class: 'num', text: formatNumber(c.deals_won) }),
+    el('td', { class: 'num', text: formatMoney(c.revenue) }),
+    el('td', { class: 'num', text: formatMoney(c.margin) }),
+    el('td', { class: 'num', 'data-testid': 'dash-channel-cost', text: formatMoney(c.cost) }),
+    el('td', { class: 'num', text: formatMoney(c.cost_per_lead) }),
+    el('td', { class: 'num', text: formatMoney(c.cost_per_deal) }),
+    el('td', { class: 'num', 'data-testid': 'dash-channel-roi', text: formatRoi(c.roi),
+      title: c.roi === null ? t('dash.roi_none') : null }))));
+  }
+
+  async function refreshAgentsReport() {
+    const generation = S.generation;
+    const q = new URLSearchParams();
+    for (const key of ['from', 'to']) if ($(`dash-${key}`).value) q.set(key, $(`dash-${key}`).value);
+    const seq = ++S.agentsSeq;
+    let r;
+    try { r = await api('GET', `/api/reports/agents?${q}`); } catch (_) { r = null; }
+    if (generation !== S.generation || seq !== S.agentsSeq) return;
+    if (r && r.status === 401) { sessionEnded(); return; }
+    const ok = Boolean(r && r.ok && r.data && Array.isArray(r.data.agents));
+    S.agentsReport = ok ? r.data : null;
+    S.agentsError = ok ? null : t('agents.error', { message: r ? errorText(r) : t('error.network') });
+    renderAgentsReport();
+  }
+
+  function renderAgentsReport() {
+    $('agents-report').hidden = !isLead();
+    const a = S.agentsReport;
+    const rows = a ? a.agents.filter((x) => x && typeof x === 'object') : [];
+    $('agents-body').replaceChildren(...rows.map((x) => el('tr', { 'data-testid': 'agents-row', 'data-login': x.login },
+      el('td', { 'data-testid': 'agents-name', text: x.name || x.login || '' }),
+      el('td', { text: x.team || '' }),
+      el('td', { class: 'num', 'data-testid': 'agents-answered', text: formatNumber(x.answered) }),
+      el('td', { class: 'num', 'data-testid': 'agents-missed', text: formatNumber(x.missed_on_phone) }),
+      el('td', { class: 'num', text: formatSeconds(x.talk_seconds) }),
+      el('td', { class: 'num', text: t('agents.points_value', { points: formatNumber(x.points),
+        target: formatNumber(x.target) }) }),
+      el('td', { class: 'num', text: t('agents.callbacks_value', { in_sla: formatNumber(x.callbacks_in_sla),
+        callbacks: formatNumber(x.callbacks) }) }))));
+    const status = $('agents-status');
+    const text = S.agentsError || (a && !rows.length ? t('agents.empty') : '');
+    status.textContent = text;
+    status.hidden = !text;
+  }
+
   // -- the call log (managers and administrators) ----------------------------------------
   //
   // GET /api/calls/log with the form's filters, a page at a time; the export link carries
@@ -2075,6 +2393,14 @@
     $('calllog-reset').addEventListener('click', resetLog);
     $('calllog-prev').addEventListener('click', () => pageLog(-1));
     $('calllog-next').addEventListener('click', () => pageLog(1));
+    $('dash-filters').addEventListener('submit', (ev) => { ev.preventDefault(); refreshDashboard(); });
+    $('dash-filters').addEventListener('change', applyDashSoon); // every choice applies by itself
+    for (const b of document.querySelectorAll('[data-preset]')) {
+      b.addEventListener('click', () => applyPreset(b.dataset.preset));
+    }
+    for (const b of document.querySelectorAll('[data-heat]')) {
+      b.addEventListener('click', () => { S.heat = b.dataset.heat; renderDashboard(); });
+    }
     window.addEventListener('resize', () => { if (S.player) drawWaveform(S.player); });
     for (const b of document.querySelectorAll('#presence button[data-status]')) {
       b.addEventListener('click', () => setStatus({ status: b.dataset.status }));
