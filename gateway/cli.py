@@ -299,7 +299,8 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
     recordings = Recordings(store)
     collector = Collector(recordings, directory=rec.directory, asterisk_dir=rec.asterisk_dir,
                           asterisk_prefix=rec.asterisk_prefix, fmt=rec.format, bitrate=rec.bitrate,
-                          keep_original=rec.keep_original, concurrency=rec.concurrency)
+                          keep_original=rec.keep_original, concurrency=rec.concurrency,
+                          on_missing=metrics.recording_missing)
     gateway = Gateway(store, hub=hub, metrics=metrics, region=http.default_region,
                       crm_url_template=http.crm_url_template, plans=plans, contacts=contacts,
                       presence=presence, click_to_call=click_to_call, followup=followup, collector=collector,
@@ -398,6 +399,7 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
     webhook_consumer = asyncio.create_task(webhooks.run(), name="webhooks")
     collecting = asyncio.create_task(collector.run(), name="recordings")
     purging = asyncio.create_task(retention.watch(store, plans, rec.directory), name="retention")
+    watching = asyncio.create_task(metrics.watch(store), name="metrics")  # loop lag, inbox and recording backlogs
     digest = asyncio.create_task(Digest(config.digest, store, followup).run(), name="digest") \
         if config.digest.recipients else None
     extra = asyncio.create_task(alongside(app[REPORTS].deals), name="alongside") if alongside else None
@@ -426,10 +428,11 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
         webhook_consumer.cancel()
         collecting.cancel()
         purging.cancel()
+        watching.cancel()
         for task in (digest, extra):
             if task is not None:
                 task.cancel()
-        await asyncio.gather(webhook_consumer, collecting, purging, *(t for t in (digest, extra) if t),
+        await asyncio.gather(webhook_consumer, collecting, purging, watching, *(t for t in (digest, extra) if t),
                              return_exceptions=True)
         await gateway.drain()
         await store.close()

@@ -94,7 +94,9 @@ class Gateway:
         hub = self.hub
         if isinstance(effect, CallFinished):
             record = self._with_line(replace(effect.record, customer=e164(customer_of(effect.record), self.region)))
-            self.metrics.calls_finished.labels(record.outcome).inc()
+            # "none": no line for the number in the plan, an internal call, a
+            # click-to-call whose request is only found in the store (``_save``).
+            self.metrics.calls_finished.labels(record.outcome, record.shop or "none", record.channel or "none").inc()
             self._spawn(self._save(record, also), f"save-{record.call_id}")
             if hub is not None:
                 hub.call_finished(effect.record.call_id)

@@ -8,6 +8,13 @@ call's normalised events, rebuilds the call (``gateway.histories``) and
 carries out what is new. A finished call's record is stored together with
 "these requests are done", so on start ``recover`` finds exactly the calls a
 crash left half-done and rebuilds them from the inbox.
+
+Every request to a provider's URLs is counted once in
+``cti_webhook_requests_total{provider, result}``: ``deliver`` counts what it
+stores (accepted, duplicate) or cannot store (unavailable); a middleware counts
+the requests the connector answered without delivering, by their status
+(401 refused_signature, other 4xx refused_other, 5xx unavailable, 2xx
+ignored). So the connectors only answer, as before, and know nothing of metrics.
 """
 
 from __future__ import annotations
@@ -17,9 +24,12 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from connectors.webhook import Accepted, Account, Connector, Decide, Request
 from connectors.mango import MangoConnector
@@ -30,6 +40,7 @@ from crm_bridge.inbox import CallRef, Inbox
 from gateway.config import WebhookAccount, WebhooksConfig
 from gateway.effects import CallFinished, Effect
 from gateway.histories import CallHistories
+from gateway.metrics import WEBHOOK_RESULTS
 from gateway.service import Gateway
 
 log = logging.getLogger(__name__)
@@ -37,6 +48,31 @@ log = logging.getLogger(__name__)
 CACHED_CALLS = 5_000  # calls whose history stays in memory (others are read from the inbox)
 GIVE_UP_AFTER = 4 * 3600.0  # a call whose final callback has not come by then is ended, interrupted
 SWEEP_EVERY = 600.0
+# Event keys remembered to tell a duplicate in the metrics (only there: the
+# inbox's UNIQUE key is what absorbs duplicates). A repeat older than this, or
+# from before a restart, is counted as accepted.
+SEEN_KEYS = 10_000
+
+
+@dataclass
+class _Delivery:
+    """One webhook request under way: whether ``deliver`` has counted it."""
+
+    counted: bool = False
+
+
+_DELIVERY: ContextVar[_Delivery | None] = ContextVar("webhook_delivery", default=None)
+
+
+def _result_of(status: int) -> str:
+    """What became of a request the connector answered without delivering it."""
+    if status == 401:  # every connector's answer to a bad signature (Sipuni: URL token)
+        return "refused_signature"
+    if 400 <= status < 500:
+        return "refused_other"
+    if status >= 500:
+        return "unavailable"
+    return "ignored"  # answered, not kept: an unused event type, a URL check
 
 
 def connectors_for(config: WebhooksConfig, *, own_url: str) -> dict[str, Connector]:
@@ -90,13 +126,60 @@ class Webhooks:
         self._idle.set()
         self._writes: set[asyncio.Task[None]] = set()
         self._open: dict[CallRef, float] = {}  # calls without their record yet -> when last heard of
+        self.metrics = gateway.metrics
+        self.metrics.webhook_queue.set_function(self._queue.qsize)
+        for provider in self.connectors:  # every series from the start: a rate() over 0s, not over nothing
+            for result in WEBHOOK_RESULTS:
+                self.metrics.webhook_requests.labels(provider, result)
+        self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
 
     def add_routes(self, app: web.Application, decide: Decide | None) -> None:
         for connector in self.connectors.values():
             connector.add_routes(app, self, decide, self.clock)
+        app.middlewares.append(self._counting())
+
+    def _counting(self) -> Middleware:
+        """Count the requests to a provider's URLs that never reach ``deliver``."""
+
+        @web.middleware
+        async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
+            parts = request.path.split("/", 3)  # "", "webhooks", provider, ...
+            if len(parts) < 3 or parts[1] != "webhooks" or parts[2] not in self.connectors:
+                return await handler(request)  # the label takes configured providers only
+            delivery = _Delivery()
+            token = _DELIVERY.set(delivery)  # seen by ``deliver``: the handler runs in this task
+            status = 500
+            try:
+                response = await handler(request)
+                status = response.status
+                return response
+            except web.HTTPException as exc:
+                status = exc.status
+                raise
+            finally:
+                _DELIVERY.reset(token)
+                if not delivery.counted:
+                    self.metrics.webhook_request(parts[2], _result_of(status))
+
+        return count
 
     async def deliver(self, provider: str, account: str, request: Request, accepted: Accepted) -> None:
-        await self.inbox.put(provider, account, accepted.dedup_key, accepted.call_key, request)
+        seen = (provider, account, accepted.dedup_key)
+        duplicate = seen in self._seen
+        self._seen[seen] = None
+        self._seen.move_to_end(seen)
+        while len(self._seen) > SEEN_KEYS:
+            self._seen.popitem(last=False)
+        if (delivery := _DELIVERY.get()) is not None:
+            delivery.counted = True
+        try:
+            await self.inbox.put(provider, account, accepted.dedup_key, accepted.call_key, request)
+        except BaseException:
+            if not duplicate:
+                self._seen.pop(seen, None)  # not stored: its next delivery is not a repeat
+            self.metrics.webhook_request(provider, "unavailable")
+            raise
+        self.metrics.webhook_request(provider, "duplicate" if duplicate else "accepted")
         if accepted.call_key is not None:
             self._idle.clear()
             self._queue.put_nowait((CallRef(provider, account, accepted.call_key), accepted.dedup_key, request))

@@ -104,6 +104,7 @@ class Harness:
         self._runner: web.AppRunner | None = None
         self._consumer: asyncio.Task[None] | None = None
         self._webhook_consumer: asyncio.Task[None] | None
+        self._metrics_watch: asyncio.Task[None] | None = None
 
     async def start(self) -> Harness:
         await self.ami.start()
@@ -129,7 +130,8 @@ class Harness:
         self.asterisk_dir = self.tmp_path / "asterisk-monitor"  # stands for Asterisk's MixMonitor directory
         self.asterisk_dir.mkdir(exist_ok=True)
         self.collector = Collector(self.recordings, directory=self.recordings_dir, asterisk_dir=self.asterisk_dir,
-                                   asterisk_prefix="/var/spool/asterisk/recordings/", clock=self.clock)
+                                   asterisk_prefix="/var/spool/asterisk/recordings/", clock=self.clock,
+                                   on_missing=self.metrics.recording_missing)
         self.rollups = Rollups(self.kpi.timezone if self.kpi else "Europe/Moscow", ("order",))
         self.followup = Followup(self.store, plans=plans, directory=self.directory, kpi=self.kpi, vip=self.vip,
                                  hub=self.hub, clock=self.clock)
@@ -152,6 +154,7 @@ class Harness:
         self.normaliser = AmiNormaliser()
         self.link.start()
         self._consumer = asyncio.create_task(self.gateway.consume_ami(self.link, self.normaliser))
+        self._metrics_watch = asyncio.create_task(self.metrics.watch(self.store))
         await self.link.wait_connected(10)
         await self.ami.wait_for_login(10)
         return self
@@ -222,6 +225,9 @@ class Harness:
             self._consumer.cancel()
             await asyncio.gather(self._consumer, return_exceptions=True)
         await self.gateway.drain()
+        if self._metrics_watch is not None:
+            self._metrics_watch.cancel()
+            await asyncio.gather(self._metrics_watch, return_exceptions=True)
         await self.stop_http()
         await self.store.close()
         await self.ami.close()

@@ -373,7 +373,7 @@ async def test_metrics_cover_the_gateway_and_name_no_phone_number(h: Harness, ht
     assert values["cti_hub_pop_latency_seconds_count"] == 4  # 101; 101 and 102; 101
     assert values['cti_hub_pop_latency_seconds_bucket{le="+Inf"}'] == 4
     assert values["cti_hub_slow_clients_dropped_total"] == 0
-    assert values['cti_calls_finished_total{outcome="answered"}'] == 2
-    assert values['cti_calls_finished_total{outcome="abandoned"}'] == 1
+    assert values['cti_calls_finished_total{channel="none",outcome="answered",shop="none"}'] == 2  # no plan here
+    assert values['cti_calls_finished_total{channel="none",outcome="abandoned",shop="none"}'] == 1
     for number in ("7916", "916111", "7495", "495000", "+7"):
         assert number not in text
