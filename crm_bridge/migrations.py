@@ -350,6 +350,19 @@ MIGRATIONS: list[tuple[int, str]] = [
             PRIMARY KEY (shop, channel, day, customer)
         ) WITHOUT ROWID;
         CREATE INDEX caller_days_caller ON caller_days (customer, shop, channel, day);
+        CREATE INDEX caller_days_prev ON caller_days (shop, channel, prev_day, day);
+        -- caller_days counted per (key, day, month of prev_day; '' for none):
+        -- the unique callers of a period are the counts of its days whose
+        -- prev_month is before the period's month, plus the few rows whose
+        -- prev_day falls in that month before the period starts.
+        CREATE TABLE caller_day_counts (
+            shop       TEXT NOT NULL,
+            channel    TEXT NOT NULL,
+            day        TEXT NOT NULL,
+            prev_month TEXT NOT NULL,
+            n          INTEGER NOT NULL,
+            PRIMARY KEY (shop, channel, day, prev_month)
+        ) WITHOUT ROWID;
         CREATE TABLE deals (
             deal_id       INTEGER PRIMARY KEY,
             external_id   TEXT NOT NULL UNIQUE,

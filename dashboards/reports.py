@@ -50,11 +50,18 @@ def fees(plan: NumberPlan, first: date, last: date, shop: str | None = None) -> 
 
 async def unique_callers(store: Store, shop: str, channel: str, first: str, last: str) -> int:
     """Distinct callers of a key ("*": every shop / channel) from ``first`` to
-    ``last``: each counts on his first day in the period, a range count."""
-    rows = await store.read(
-        "SELECT count(*) FROM caller_days WHERE shop = ? AND channel = ? AND day BETWEEN ? AND ? "
-        "AND (prev_day IS NULL OR prev_day < ?)", (shop, channel, first, last, first))
-    return int(rows[0][0])
+    ``last``: each counts on his first day in the period (his previous day is
+    before it). Callers whose previous day is in an earlier month come from
+    the per-day counts; the few whose previous day is earlier in the period's
+    first month, from their rows."""
+    month = first[:7]
+    counted = await store.read(
+        "SELECT coalesce(sum(n), 0) FROM caller_day_counts WHERE shop = ? AND channel = ? AND day BETWEEN ? AND ? "
+        "AND prev_month < ?", (shop, channel, first, last, month))
+    rest = await store.read(
+        "SELECT count(*) FROM caller_days WHERE shop = ? AND channel = ? AND prev_day >= ? AND prev_day < ? "
+        "AND day BETWEEN ? AND ?", (shop, channel, f"{month}-01", first, first, last))
+    return int(counted[0][0]) + int(rest[0][0])
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:

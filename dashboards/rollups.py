@@ -56,6 +56,19 @@ _CALLER = (
     "(SELECT 0 AS n UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3) AS k "
     "WHERE true ON CONFLICT DO NOTHING"
 )
+_BUCKET = "coalesce(substr(prev_day, 1, 7), '')"
+# This caller's rows leave their counts before they change, and come back after:
+# a record stored twice subtracts and adds the same, so nothing drifts.
+_UNCOUNT = (
+    f"UPDATE caller_day_counts SET n = n - 1 WHERE (shop, channel, day, prev_month) IN "
+    f"(SELECT shop, channel, day, {_BUCKET} FROM caller_days WHERE customer = (SELECT customer FROM calls "
+    "WHERE call_id = ?1))"
+)
+_COUNT = (
+    f"INSERT INTO caller_day_counts (shop, channel, day, prev_month, n) SELECT shop, channel, day, {_BUCKET}, 1 "
+    "FROM caller_days WHERE customer = (SELECT customer FROM calls WHERE call_id = ?1) "
+    "AND true ON CONFLICT (shop, channel, day, prev_month) DO UPDATE SET n = n + 1"
+)
 # Every day of this caller, on every key, gets the day he called before there (a few rows: his days).
 _PREV_DAYS = (
     "UPDATE caller_days SET prev_day = (SELECT max(d.day) FROM caller_days AS d WHERE d.customer = caller_days.customer "
@@ -84,8 +97,8 @@ class Rollups:
 
     def refresh(self, call_id: str) -> list[Statement]:
         """Recompute the roll-ups of the call's key (after its result changed, too)."""
-        return [(_DAILY, (call_id, self.qualified)), (_HOURS, (call_id,)), (_CALLER, (call_id,)),
-                (_PREV_DAYS, (call_id,))]
+        return [(_DAILY, (call_id, self.qualified)), (_HOURS, (call_id,)), (_UNCOUNT, (call_id,)),
+                (_CALLER, (call_id,)), (_PREV_DAYS, (call_id,)), (_COUNT, (call_id,))]
 
 
 # OR REPLACE / OR IGNORE: a call stored meanwhile may have recomputed its key already.
@@ -116,6 +129,12 @@ _ALL_PREV_DAYS = (
 )
 
 
+_ALL_COUNTS = (
+    f"INSERT INTO caller_day_counts (shop, channel, day, prev_month, n) SELECT shop, channel, day, {_BUCKET}, count(*) "
+    "FROM caller_days GROUP BY 1, 2, 3, 4"
+)
+
+
 async def rebuild(store: Store, rollups: Rollups, *, progress: Callable[[str, int, int], None] | None = None,
                   page: int = 20_000) -> int:
     """Recompute every call's local day and hour, then every day's roll-ups,
@@ -136,10 +155,10 @@ async def rebuild(store: Store, rollups: Rollups, *, progress: Callable[[str, in
             progress("calls", done, total)
     days = [day for (day,) in await store.read("SELECT DISTINCT day FROM calls WHERE day IS NOT NULL ORDER BY day")]
     await store.write(("DELETE FROM rollup_daily", ()), ("DELETE FROM rollup_hours", ()),
-                      ("DELETE FROM caller_days", ()))
+                      ("DELETE FROM caller_days", ()), ("DELETE FROM caller_day_counts", ()))
     for n, day in enumerate(days, start=1):
         await store.write((_DAY_DAILY, (day, rollups.qualified)), (_DAY_HOURS, (day,)), (_DAY_CALLERS, (day,)))
         if progress is not None:
             progress("days", n, len(days))
-    await store.write((_ALL_PREV_DAYS, ()))
+    await store.write((_ALL_PREV_DAYS, ()), ("DELETE FROM caller_day_counts", ()), (_ALL_COUNTS, ()))
     return done
