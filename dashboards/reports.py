@@ -58,9 +58,11 @@ async def unique_callers(store: Store, shop: str, channel: str, first: str, last
     counted = await store.read(
         "SELECT coalesce(sum(n), 0) FROM caller_day_counts WHERE shop = ? AND channel = ? AND day BETWEEN ? AND ? "
         "AND prev_month < ?", (shop, channel, first, last, month))
-    rest = await store.read(
-        "SELECT count(*) FROM caller_days WHERE shop = ? AND channel = ? AND prev_day >= ? AND prev_day < ? "
-        "AND day BETWEEN ? AND ?", (shop, channel, f"{month}-01", first, first, last))
+    if first == f"{month}-01":
+        return int(counted[0][0])  # the period starts with its month: nobody's previous day is in between
+    rest = await store.read(  # the planner would take the day range of the primary key: a year of rows
+        "SELECT count(*) FROM caller_days INDEXED BY caller_days_prev WHERE shop = ? AND channel = ? "
+        "AND prev_day >= ? AND prev_day < ? AND day BETWEEN ? AND ?", (shop, channel, f"{month}-01", first, first, last))
     return int(counted[0][0]) + int(rest[0][0])
 
 
