@@ -39,18 +39,6 @@ from gateway.users import Directory
 from tests.test_kpi_vip import at, day_calls, day_plan, day_users
 
 TOKEN = "123456:SECRET-bot-token"
-MIGRATION_11 = """
-CREATE TABLE IF NOT EXISTS digest_sent (
-    recipient       TEXT NOT NULL,
-    day             TEXT NOT NULL,
-    channel         TEXT NOT NULL,
-    sent_at         REAL,
-    attempts        INTEGER NOT NULL DEFAULT 0,
-    last_attempt_at REAL,
-    error           TEXT,
-    PRIMARY KEY (recipient, day, channel)
-) WITHOUT ROWID
-"""
 
 
 def fee_plan() -> NumberPlan:
@@ -73,7 +61,6 @@ async def scripted_day(tmp_path: Path) -> AsyncIterator[Day]:
     clock = [at("08:00:00")]
     store = await Store.open(tmp_path / "gw.sqlite3")
     try:
-        await store.write((MIGRATION_11, ()))  # until crm_bridge.migrations has it (IF NOT EXISTS)
         plan = fee_plan()
         directory = Directory(day_users())
         plans = PlanBook(plan)
