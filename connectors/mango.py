@@ -65,6 +65,7 @@ from connectors.webhook import (
     account_of,
     read_body,
     rejected_response,
+    with_plus,
 )
 from gateway.events import (
     CallEvent,
@@ -235,15 +236,6 @@ def check(account: Account, path: str, body: bytes) -> tuple[Accepted, dict[str,
 
 # -- the call from its requests ------------------------------------------------------
 
-
-def _number(raw: str | None) -> str | None:
-    """Mango writes international numbers without '+': add it (not to 8XXX
-    national ones, which the number plan and contacts read as Russian)."""
-    if not raw:
-        return None
-    if raw.isdigit() and len(raw) >= 11 and not raw.startswith("8"):
-        return "+" + raw
-    return raw
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,12 +421,12 @@ def call_events(provider: str, account: Account, history: Sequence[Request]) -> 
     inbound = direction == "inbound"
     if inbound:
         origin = "caller"
-        caller = _number((s.source.get("number") if s else None)
-                         or next((leg.source["number"] for leg in legs if leg.from_customer), None))
-        dialled = _number((s.line if s else None)
-                          or next((leg.target.get("line_number") or leg.target.get("number")
-                                   for leg in legs if not leg.is_party), None)
-                          or next((leg.target["line_number"] for leg in legs if "line_number" in leg.target), None))
+        caller = with_plus((s.source.get("number") if s else None)
+                           or next((leg.source["number"] for leg in legs if leg.from_customer), None))
+        dialled = with_plus((s.line if s else None)
+                            or next((leg.target.get("line_number") or leg.target.get("number")
+                                     for leg in legs if not leg.is_party), None)
+                            or next((leg.target["line_number"] for leg in legs if "line_number" in leg.target), None))
         first: CallEvent = LegCreated(call_id, origin, start, PartyKind.EXTERNAL, number=caller, dialled=dialled)
         agent = None
     else:
@@ -443,7 +435,7 @@ def call_events(provider: str, account: Account, history: Sequence[Request]) -> 
                  or next((leg.target["extension"] for leg in legs if leg.callback and "extension" in leg.target),
                          None))
         origin = f"ext-{agent}" if agent else "agent"
-        number = agent or _number((s.source.get("number") if s else None))
+        number = agent or with_plus((s.source.get("number") if s else None))
         first = LegCreated(call_id, origin, start, PartyKind.AGENT, extension=agent, number=number)
     # Legs to people: for an outbound call not the PBX ringing its own employee first (click-to-call).
     offers = [leg for leg in legs if leg.is_party and not (agent and leg.target.get("extension") == agent)]
@@ -478,7 +470,7 @@ def call_events(provider: str, account: Account, history: Sequence[Request]) -> 
     for place, leg in enumerate(offers, start=len(queues)):
         extension = leg.target.get("extension")
         kind = PartyKind.AGENT if extension else PartyKind.EXTERNAL
-        number = extension or _number(leg.target.get("number"))
+        number = extension or with_plus(leg.target.get("number"))
         bridge = BRIDGE.format(leg.leg_id)
         steps.append((leg.first_at, 0, place, [
             LegCreated(call_id, leg.leg_id, leg.first_at, kind, extension=extension, number=number),
@@ -671,8 +663,8 @@ class MangoConnector:
         self._routed[(account.name, entry)] = None
         while len(self._routed) > ROUTED_MEMORY:
             self._routed.popitem(last=False)
-        caller = _number(source.get("number"))
-        dialled = _number(target.get("line_number") or target.get("number"))
+        caller = with_plus(source.get("number"))
+        dialled = with_plus(target.get("line_number") or target.get("number"))
         task = asyncio.get_running_loop().create_task(self._route(account, decide, leg, caller, dialled))
         self._tasks.add(task)  # kept until done: a task nobody references may be collected
         task.add_done_callback(self._tasks.discard)

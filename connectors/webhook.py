@@ -114,6 +114,17 @@ class Connector(Protocol):
         have it yet (try later); any other exception: this attempt failed."""
 
 
+def with_plus(raw: str | None) -> str | None:
+    """An international number written without '+' (Zadarma, Mango) gets it;
+    an 8XXXXXXXXXX national one is left for the number plan and contacts to
+    read as Russian. Only after the signature is checked: never mutate before."""
+    if not raw:
+        return None
+    if raw.isdigit() and len(raw) >= 11 and not raw.startswith("8"):
+        return "+" + raw
+    return raw
+
+
 def account_of(request: web.Request, accounts: Mapping[str, Account], provider: str) -> Account:
     """The account the URL names, if the request may come from where it does:
     WebhookRejected 404 (no such account) or 403 (not in its allowed_ips)."""

@@ -70,6 +70,7 @@ from connectors.webhook import (
     account_of,
     read_body,
     rejected_response,
+    with_plus,
 )
 from gateway.events import (
     CallEvent,
@@ -189,14 +190,6 @@ class _Facts:
     recording: str | None = None
 
 
-def _number(raw: str | None) -> str | None:
-    """Zadarma writes international numbers without '+': add it (not to 8XXX national ones)."""
-    if not raw:
-        return None
-    if raw.isdigit() and len(raw) >= 11 and not raw.startswith("8"):
-        return "+" + raw
-    return raw
-
 
 def _is_extension(value: str | None) -> bool:
     return value is not None and value.isdigit() and len(value) <= 6
@@ -216,11 +209,11 @@ def facts(history: Sequence[Request], zone: str) -> _Facts:
         if event.startswith("NOTIFY_OUT_"):
             f.outbound = True
             f.agent = fields.get("internal") or f.agent
-            f.dialled = _number(fields.get("destination")) or f.dialled
+            f.dialled = with_plus(fields.get("destination")) or f.dialled
             f.caller = f.agent
         elif event in ("NOTIFY_START", "NOTIFY_INTERNAL", "NOTIFY_END", "NOTIFY_IVR", "NOTIFY_ANSWER"):
-            f.caller = _number(fields.get("caller_id")) or f.caller
-            f.dialled = _number(fields.get("called_did")) or f.dialled
+            f.caller = with_plus(fields.get("caller_id")) or f.caller
+            f.dialled = with_plus(fields.get("called_did")) or f.dialled
         if event == "NOTIFY_INTERNAL" and _is_extension(fields.get("internal")):
             f.rang.add(fields["internal"])
         if event == "NOTIFY_ANSWER":
@@ -431,8 +424,8 @@ async def _route(decide: Decide, fields: Mapping[str, str], deadline: float) -> 
     """The NOTIFY_START reply: the assigned manager's extension, or nothing
     (after the deadline or on any error the PBX follows its own scenario)."""
     try:
-        decision = await asyncio.wait_for(decide(_number(fields.get("caller_id")), _number(fields.get("called_did"))),
-                                          deadline)
+        caller, dialled = with_plus(fields.get("caller_id")), with_plus(fields.get("called_did"))
+        decision = await asyncio.wait_for(decide(caller, dialled), deadline)
     except Exception as exc:  # a late or failed decision must not hold the caller
         log.warning("zadarma: no routing for call %s: %s", fields.get("pbx_call_id"), exc or type(exc).__name__)
         return {}

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
+from typing import Any
 
 from aiohttp import web
 
@@ -52,24 +54,25 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/reports/agents", agents)
 
 
-def _bad(exc: DealError) -> web.HTTPException:
-    return _json_error(web.HTTPBadRequest, "bad_field", str(exc))
-
-
 def _unavailable() -> web.HTTPException:
     return _json_error(web.HTTPServiceUnavailable, "store_unavailable", "the store is not answering, try again")
 
 
-async def post_deal(request: web.Request) -> web.StreamResponse:
-    _require(request, READERS)
-    reports = request.app[REPORTS]
+async def _answer(work: Callable[[], Awaitable[dict[str, Any]]]) -> web.StreamResponse:
+    """The JSON of ``work()``; 400 naming the field for bad input, 503 when the store fails."""
     try:
-        deal = parse_deal(await _json_body(request), reports.deals.region)
-        return web.json_response(await reports.deals.put(deal, request.app[CLOCK]()))
+        return web.json_response(await work())
     except DealError as exc:
-        raise _bad(exc) from None
+        raise _json_error(web.HTTPBadRequest, "bad_field", str(exc)) from None
     except StoreError:
         raise _unavailable() from None
+
+
+async def post_deal(request: web.Request) -> web.StreamResponse:
+    _require(request, READERS)
+    deals = request.app[REPORTS].deals
+    body = await _json_body(request)
+    return await _answer(lambda: deals.put(parse_deal(body, deals.region), request.app[CLOCK]()))
 
 
 async def _csv_text(request: web.Request) -> str:
@@ -86,33 +89,20 @@ async def _csv_text(request: web.Request) -> str:
 
 async def import_deals(request: web.Request) -> web.StreamResponse:
     _require(request, (Role.ADMIN, Role.MARKETER))
-    try:
-        return web.json_response(await request.app[REPORTS].deals.import_csv(await _csv_text(request),
-                                                                            request.app[CLOCK]()))
-    except DealError as exc:
-        raise _bad(exc) from None
-    except StoreError:
-        raise _unavailable() from None
+    text = await _csv_text(request)
+    return await _answer(lambda: request.app[REPORTS].deals.import_csv(text, request.app[CLOCK]()))
 
 
 async def post_cost(request: web.Request) -> web.StreamResponse:
     _require(request, (Role.ADMIN, Role.MARKETER))
-    try:
-        return web.json_response(await request.app[REPORTS].deals.put_cost(await _json_body(request)))
-    except DealError as exc:
-        raise _bad(exc) from None
-    except StoreError:
-        raise _unavailable() from None
+    body = await _json_body(request)
+    return await _answer(lambda: request.app[REPORTS].deals.put_cost(body))
 
 
 async def import_costs(request: web.Request) -> web.StreamResponse:
     _require(request, (Role.ADMIN, Role.MARKETER))
-    try:
-        return web.json_response(await request.app[REPORTS].deals.import_costs(await _csv_text(request)))
-    except DealError as exc:
-        raise _bad(exc) from None
-    except StoreError:
-        raise _unavailable() from None
+    text = await _csv_text(request)
+    return await _answer(lambda: request.app[REPORTS].deals.import_costs(text))
 
 
 def _period(request: web.Request, zone: str) -> tuple[date, date]:
