@@ -406,6 +406,99 @@ MIGRATIONS: list[tuple[int, str]] = [
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        12,
+        # The CRM bridge's outbox: one row per (sink, event), delivered at least
+        # once. Rows are written in the transaction of the change they report:
+        # call events by the service, task and recording events by the
+        # triggers below (those rows change inside SQL statements).
+        """
+        CREATE TABLE outbox_sinks (
+            sink    TEXT PRIMARY KEY NOT NULL,
+            events  TEXT NOT NULL,          -- JSON array of the event types it takes
+            max_age REAL NOT NULL           -- seconds of retrying before an entry is dead
+        ) WITHOUT ROWID;
+        CREATE TABLE outbox (
+            entry_id   INTEGER PRIMARY KEY,
+            sink       TEXT NOT NULL,
+            event      TEXT NOT NULL,       -- call.ringing, call.finished, task.opened, ...
+            stream     TEXT NOT NULL,       -- a call's id or task:<id>: delivered in entry order
+            key        TEXT NOT NULL,       -- idempotency key, the same for every retry
+            payload    TEXT NOT NULL,       -- JSON: the event's data
+            state      TEXT NOT NULL DEFAULT 'pending',  -- pending | done | dead
+            attempts   INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            next_at    REAL NOT NULL,       -- the next attempt, epoch seconds
+            give_up_at REAL NOT NULL,       -- dead when an attempt after this fails
+            last_error TEXT,
+            done_at    REAL,
+            UNIQUE (sink, key)
+        );
+        CREATE INDEX outbox_due ON outbox (sink, state, next_at);
+        CREATE INDEX outbox_stream ON outbox (sink, stream, entry_id) WHERE state = 'pending';
+        -- The other side's id for one of our calls (Bitrix24's CALL_ID), and its tokens.
+        CREATE TABLE crm_links (
+            sink      TEXT NOT NULL,
+            call_id   TEXT NOT NULL,
+            remote_id TEXT NOT NULL,
+            data      TEXT,                 -- JSON the sink keeps with it (users shown a card)
+            PRIMARY KEY (sink, call_id)
+        ) WITHOUT ROWID;
+        CREATE TABLE crm_tokens (
+            sink          TEXT PRIMARY KEY NOT NULL,
+            access_token  TEXT NOT NULL,
+            refresh_token TEXT NOT NULL,
+            expires_at    REAL NOT NULL
+        ) WITHOUT ROWID;
+
+        CREATE TRIGGER outbox_task_opened AFTER INSERT ON callback_attempts
+        WHEN (SELECT count(*) FROM callback_attempts WHERE task_id = NEW.task_id) = 1
+        BEGIN
+            INSERT INTO outbox (sink, event, stream, key, payload, created_at, next_at, give_up_at)
+            SELECT s.sink, 'task.opened', 'task:' || t.task_id, 'task:' || t.task_id || ':opened',
+                   json_object('task_id', t.task_id, 'phone', t.phone, 'shop', t.shop, 'channel', t.channel,
+                               'owner', t.owner, 'call_id', NEW.call_id, 'opened_at', strftime('%Y-%m-%dT%H:%M:%f+00:00', t.first_attempt_at, 'unixepoch'),
+                               'due_at', strftime('%Y-%m-%dT%H:%M:%f+00:00', t.due_at, 'unixepoch')),
+                   t.updated_at, t.updated_at, t.updated_at + s.max_age
+            FROM callback_tasks AS t, outbox_sinks AS s
+            WHERE t.task_id = NEW.task_id
+              AND EXISTS (SELECT 1 FROM json_each(s.events) WHERE value = 'task.opened')
+            ON CONFLICT (sink, key) DO NOTHING;
+        END;
+
+        CREATE TRIGGER outbox_task_closed AFTER UPDATE OF status ON callback_tasks
+        WHEN OLD.status = 'open' AND NEW.status != 'open'
+        BEGIN
+            INSERT INTO outbox (sink, event, stream, key, payload, created_at, next_at, give_up_at)
+            SELECT s.sink, 'task.closed', 'task:' || NEW.task_id, 'task:' || NEW.task_id || ':closed',
+                   json_object('task_id', NEW.task_id, 'phone', NEW.phone, 'shop', NEW.shop,
+                               'channel', NEW.channel, 'owner', NEW.owner, 'status', NEW.status,
+                               'attempts', NEW.attempts, 'opened_at', strftime('%Y-%m-%dT%H:%M:%f+00:00', NEW.first_attempt_at, 'unixepoch'), 'due_at', strftime('%Y-%m-%dT%H:%M:%f+00:00', NEW.due_at, 'unixepoch'),
+                               'closed_at', strftime('%Y-%m-%dT%H:%M:%f+00:00', NEW.closed_at, 'unixepoch'), 'closed_by', NEW.closed_by,
+                               'reason', NEW.close_reason, 'call_id', NEW.closed_call_id,
+                               'callback_seconds', NEW.callback_seconds,
+                               'within_sla', CASE WHEN NEW.within_sla IS NULL THEN NULL
+                                                  WHEN NEW.within_sla THEN json('true') ELSE json('false') END),
+                   NEW.updated_at, NEW.updated_at, NEW.updated_at + s.max_age
+            FROM outbox_sinks AS s
+            WHERE EXISTS (SELECT 1 FROM json_each(s.events) WHERE value = 'task.closed')
+            ON CONFLICT (sink, key) DO NOTHING;
+        END;
+
+        CREATE TRIGGER outbox_recording_ready AFTER UPDATE OF status ON recordings
+        WHEN NEW.status = 'ready' AND OLD.status != 'ready'
+        BEGIN
+            INSERT INTO outbox (sink, event, stream, key, payload, created_at, next_at, give_up_at)
+            SELECT s.sink, 'recording.ready', NEW.call_id, NEW.call_id || ':recording',
+                   json_object('call_id', NEW.call_id, 'content_type', NEW.content_type,
+                               'duration', NEW.duration, 'size', NEW.size),
+                   NEW.updated_at, NEW.updated_at, NEW.updated_at + s.max_age
+            FROM outbox_sinks AS s
+            WHERE EXISTS (SELECT 1 FROM json_each(s.events) WHERE value = 'recording.ready')
+            ON CONFLICT (sink, key) DO NOTHING;
+        END;
+        """,
+    ),
 ]
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

@@ -47,6 +47,7 @@ from gateway.callbacks import CALLED_BACK
 from gateway.followup import Followup
 from gateway.kpi import day_bounds
 from gateway.numberplan import NumberPlan
+from gateway.toml_table import Table
 from gateway.users import Role, User
 
 log = logging.getLogger(__name__)
@@ -105,61 +106,17 @@ class DigestConfig:
     check_seconds: float = 30.0  # how often the loop looks at the clock
 
 
-class _Table:
-    """One TOML table being read: every error names its table and key."""
-
-    def __init__(self, data: Any, where: str, label: str) -> None:
-        self.where, self.label = where, label  # "[digest]", "[[digest.recipients]] #2"
-        if not isinstance(data, Mapping):
-            raise ValueError(f"{where}: {label}: expected a table, got {data!r}")
-        self.data: Mapping[str, Any] = data
-        self.used: set[str] = set()
-
-    def fail(self, key: str, expected: str, got: Any) -> ValueError:
-        return ValueError(f"{self.where}: {self.label} {key}: expected {expected}, got {got!r}")
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any, expected: str) -> Any:
-        self.used.add(key)
-        if key not in self.data:
-            return default
-        value = self.data[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        # bool is an int to Python, not to a config file.
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            raise self.fail(key, expected, value)
-        return value
-
-    def secret(self, name: str, environ: Mapping[str, str], what: str) -> str | None:
-        """``{name}_env`` names an environment variable; its value is never in a message."""
-        key = f"{name}_env"
-        if name in self.data:
-            raise ValueError(f"{self.where}: {self.label} {name}: secrets are not kept in the file; "
-                             f"set {key} to the name of an environment variable holding {what}")
-        env_name = self.get(key, str, None, "the name of an environment variable")
-        if env_name is None:
-            return None
-        if env_name not in environ:
-            raise ValueError(f"{self.where}: {self.label} {key}: expected an environment variable holding "
-                             f"{what}, got {env_name!r}, which is not set")
-        return environ[env_name]
-
-    def check_unknown(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            raise self.fail(unknown[0], f"one of {', '.join(sorted(self.used))}", self.data[unknown[0]])
-
-
 _TIME = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
 _EMAIL = re.compile(r"[^@\s<>,]+@[^@\s<>,]+\.[^@\s<>,]+")
 
 
 def parse_digest(table: Mapping[str, Any], where: str, environ: Mapping[str, str]) -> DigestConfig:
     """The ``[digest]`` table; ValueError names the key that is wrong."""
-    top = _Table(table, where, "[digest]")
+    top = Table(table, where, "[digest]")
     smtp_table = top.get("smtp", Mapping, None, "a table [digest.smtp]")
     telegram_table = top.get("telegram", Mapping, None, "a table [digest.telegram]")
-    smtp = _smtp(_Table(smtp_table, where, "[digest.smtp]"), environ) if smtp_table is not None else None
-    telegram = (_telegram(_Table(telegram_table, where, "[digest.telegram]"), environ)
+    smtp = _smtp(Table(smtp_table, where, "[digest.smtp]"), environ) if smtp_table is not None else None
+    telegram = (_telegram(Table(telegram_table, where, "[digest.telegram]"), environ)
                 if telegram_table is not None else None)
     retry = top.get("retry_minutes", list, list(DEFAULT_RETRY_MINUTES), "a list of minutes, each > 0")
     if not retry or not all(isinstance(m, (int, float)) and not isinstance(m, bool) and m > 0 for m in retry):
@@ -170,7 +127,7 @@ def parse_digest(table: Mapping[str, Any], where: str, environ: Mapping[str, str
     items = top.get("recipients", list, [], "an array of tables [[digest.recipients]]")
     recipients = []
     for n, item in enumerate(items, 1):
-        r = _Table(item, where, f"[[digest.recipients]] #{n}")
+        r = Table(item, where, f"[[digest.recipients]] #{n}")
         recipient = _recipient(r)
         if recipient.emails and smtp is None:
             raise r.fail("email", "addresses only with a [digest.smtp] table", list(recipient.emails))
@@ -186,7 +143,7 @@ def parse_digest(table: Mapping[str, Any], where: str, environ: Mapping[str, str
                         retry_minutes=tuple(float(m) for m in retry), check_seconds=float(check))
 
 
-def _smtp(t: _Table, environ: Mapping[str, str]) -> SmtpSettings:
+def _smtp(t: Table, environ: Mapping[str, str]) -> SmtpSettings:
     host = t.get("host", str, None, "a host name")
     if not host:
         raise t.fail("host", "a host name", host)
@@ -209,7 +166,7 @@ def _smtp(t: _Table, environ: Mapping[str, str]) -> SmtpSettings:
     return settings
 
 
-def _telegram(t: _Table, environ: Mapping[str, str]) -> TelegramSettings:
+def _telegram(t: Table, environ: Mapping[str, str]) -> TelegramSettings:
     token = t.secret("token", environ, "the bot token")
     if not token:
         raise t.fail("token_env", "the name of an environment variable holding the bot token", None)
@@ -223,7 +180,7 @@ def _telegram(t: _Table, environ: Mapping[str, str]) -> TelegramSettings:
     return TelegramSettings(token=token, api_base_url=base.rstrip("/"), timeout=float(timeout))
 
 
-def _recipient(r: _Table) -> Recipient:
+def _recipient(r: Table) -> Recipient:
     name = r.get("name", str, None, "a name")
     if not name:
         raise r.fail("name", "a name", name)

@@ -33,6 +33,8 @@ from gateway.click_to_call import ClickToCall
 from gateway.config import Config, ConfigError, load_config
 from gateway.contacts_api import CONTACTS
 from gateway.contacts_api import add_routes as add_contact_routes
+from gateway.crm_api import BRIDGE, build_bridge
+from gateway.crm_api import add_routes as add_crm_routes
 from gateway.followup import Followup
 from gateway.calllog_api import add_routes as add_calllog_routes
 from gateway.followup_api import FOLLOWUP
@@ -301,10 +303,13 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
                           asterisk_prefix=rec.asterisk_prefix, fmt=rec.format, bitrate=rec.bitrate,
                           keep_original=rec.keep_original, concurrency=rec.concurrency,
                           on_missing=metrics.recording_missing)
+    bridge = build_bridge(config.crm, store=store, plans=plans, recordings=recordings, recordings_dir=rec.directory,
+                          region=http.default_region, metrics=metrics)
+    await bridge.start()  # the sinks' names, before the first event is written
     gateway = Gateway(store, hub=hub, metrics=metrics, region=http.default_region,
                       crm_url_template=http.crm_url_template, plans=plans, contacts=contacts,
                       presence=presence, click_to_call=click_to_call, followup=followup, collector=collector,
-                      rollups=rollups, on_record=on_record)
+                      rollups=rollups, bridge=bridge if bridge.sinks else None, on_record=on_record)
     gateway_ref.append(gateway)
     router = Router(
         contacts=contacts, plans=plans, directory=directory, presence=presence, clock=time.time,
@@ -356,6 +361,8 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
     app[REPORTS] = Reports(Deals(store, zone=config.kpi.timezone, region=http.default_region), plans,
                            config.kpi.timezone, config.reports.roi_basis)
     add_dashboard_routes(app)
+    app[BRIDGE] = bridge
+    add_crm_routes(app)
     webhooks.add_routes(app, router.decide)
     await webhooks.recover()  # calls a crash left half-done, from the inbox
     runner = web.AppRunner(app, access_log=None)
@@ -400,6 +407,7 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
     collecting = asyncio.create_task(collector.run(), name="recordings")
     purging = asyncio.create_task(retention.watch(store, plans, rec.directory), name="retention")
     watching = asyncio.create_task(metrics.watch(store), name="metrics")  # loop lag, inbox and recording backlogs
+    delivering = asyncio.create_task(bridge.run(), name="crm-bridge")
     digest = asyncio.create_task(Digest(config.digest, store, followup).run(), name="digest") \
         if config.digest.recipients else None
     extra = asyncio.create_task(alongside(app[REPORTS].deals), name="alongside") if alongside else None
@@ -429,12 +437,14 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
         collecting.cancel()
         purging.cancel()
         watching.cancel()
+        delivering.cancel()
         for task in (digest, extra):
             if task is not None:
                 task.cancel()
-        await asyncio.gather(webhook_consumer, collecting, purging, watching, *(t for t in (digest, extra) if t),
-                             return_exceptions=True)
+        await asyncio.gather(webhook_consumer, collecting, purging, watching, delivering,
+                             *(t for t in (digest, extra) if t), return_exceptions=True)
         await gateway.drain()
+        await bridge.close()
         await store.close()
     return 0
 

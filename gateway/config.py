@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crm_bridge.bridge_config import CrmConfig, parse_crm
 from dashboards.digest import DigestConfig, parse_digest
 from gateway.auth import is_password_hash
 from gateway.phones import format_e164, parse_phone
@@ -157,6 +158,7 @@ class Config:
     recordings: RecordingsConfig = field(default_factory=lambda: RecordingsConfig())
     reports: ReportsConfig = ReportsConfig()
     digest: DigestConfig = DigestConfig()
+    crm: CrmConfig = CrmConfig()
 
     def agent_devices(self) -> dict[str, str]:
         """Device name -> extension, for the AMI channel classifier."""
@@ -229,7 +231,7 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None, environ: Mappi
     where = str(source) if source else "<config>"
     base = source.parent if source else Path.cwd()
     known = {"ami", "http", "store", "agents", "users", "shops", "numbers", "plan", "routing", "kpi", "vip",
-             "webhooks", "recordings", "reports", "digest"}
+             "webhooks", "recordings", "reports", "digest", "crm"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{where}: [{key}]: unknown section (known: {', '.join(sorted(known))})")
@@ -311,7 +313,15 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None, environ: Mappi
                   webhooks=_webhooks(data.get("webhooks", {}), where, base, environ),
                   recordings=_recordings(table("recordings"), base),
                   reports=_reports(table("reports"), http.call_results),
-                  digest=_digest(data.get("digest", {}), where, environ))
+                  digest=_digest(data.get("digest", {}), where, environ),
+                  crm=_crm(data.get("crm", {}), where, environ, base))
+
+
+def _crm(table: Any, where: str, environ: Mapping[str, str], base: Path) -> CrmConfig:
+    try:
+        return parse_crm(table, where, environ, base)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _digest(table: Any, where: str, environ: Mapping[str, str]) -> DigestConfig:

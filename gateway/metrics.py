@@ -20,6 +20,8 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from crm_bridge.outbox import OUTBOX_COUNTS
+
 log = logging.getLogger(__name__)
 
 LAG_EVERY = 0.5  # seconds between two loop-lag measurements
@@ -33,6 +35,7 @@ WEBHOOK_RESULTS = ("accepted", "duplicate", "refused_signature", "refused_other"
 # recordings_due (status, next_attempt_at)): they read the index, not the rows.
 _INBOX_PENDING = "SELECT count(*) FROM webhook_inbox WHERE done = 0"
 _RECORDINGS_PENDING = "SELECT count(*) FROM recordings WHERE status = 'pending'"
+
 
 
 class Reader(Protocol):
@@ -85,12 +88,22 @@ class Metrics:
         self.recordings_pending = Gauge("cti_recordings_pending",
                                         f"Recording jobs waiting to be fetched (counted every {COUNT_EVERY:.0f} s)",
                                         registry=r)
+        # -- CRM bridge (sink: a name from [crm] in the config)
+        self.crm_deliveries = Counter("cti_crm_deliveries", "CRM deliveries attempted, by sink and result "
+                                      "(delivered, retried, dead)", ["sink", "result"], registry=r)
+        self.outbox_depth = Gauge("cti_outbox_depth", "Outbox entries waiting for delivery, by sink (counted every "
+                                  f"{COUNT_EVERY:.0f} s)", ["sink"], registry=r)
+        self.outbox_dead = Gauge("cti_outbox_dead", "Outbox entries given up on (the admin's dead-letter list), "
+                                 "by sink", ["sink"], registry=r)
+        self.outbox_oldest = Gauge("cti_outbox_oldest_seconds", "Age of the oldest entry waiting for delivery, "
+                                   "by sink", ["sink"], registry=r)
         # -- process
         self.loop_lag = Gauge("cti_event_loop_lag_seconds",
                               f"Worst lateness of a periodic wake-up over the last {LAG_WINDOW:.0f} s", registry=r)
         self._lags: deque[tuple[float, float]] = deque()  # (when measured, lag), monotonic clock
         self.loop_lag.set_function(self._worst_lag)
         self._count_failing = False
+        self.crm_sinks: tuple[str, ...] = ()  # the configured sinks' names (set by whoever builds the bridge)
 
     def webhook_request(self, provider: str, result: str) -> None:
         self.webhook_requests.labels(provider, result).inc()
@@ -126,6 +139,7 @@ class Metrics:
         try:
             inbox = (await store.read(_INBOX_PENDING))[0][0]
             recordings = (await store.read(_RECORDINGS_PENDING))[0][0]
+            outbox = await store.read(OUTBOX_COUNTS)
         except Exception as exc:
             # Once per run of failures, not every count_every seconds.
             log.log(logging.DEBUG if self._count_failing else logging.WARNING,
@@ -137,6 +151,15 @@ class Metrics:
             self._count_failing = False
         self.inbox_pending.set(inbox)
         self.recordings_pending.set(recordings)
+        now = time.time()
+        for sink in self.crm_sinks:  # a sink with nothing waiting shows 0, not its last value
+            self.outbox_depth.labels(sink).set(0)
+            self.outbox_dead.labels(sink).set(0)
+            self.outbox_oldest.labels(sink).set(0)
+        for sink, pending, dead, oldest in outbox:
+            self.outbox_depth.labels(sink).set(pending)
+            self.outbox_dead.labels(sink).set(dead)
+            self.outbox_oldest.labels(sink).set(max(0.0, now - oldest) if oldest is not None else 0.0)
 
     async def _count_every(self, store: Reader, every: float) -> None:
         while True:

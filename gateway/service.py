@@ -16,6 +16,8 @@ from typing import Any
 
 from connectors.ami.link import AmiLink
 from connectors.ami.normalise import AmiNormaliser
+from crm_bridge import events as crm_events
+from crm_bridge.bridge import Bridge
 from crm_bridge.contacts import Contacts, customer_of, e164
 from crm_bridge.store import Store, StoreError
 from gateway.card import Card, build_card, spellings, with_history
@@ -26,7 +28,7 @@ from gateway.events import CallEvent
 from gateway.followup import Followup
 from gateway.hub import Hub
 from gateway.metrics import Metrics
-from gateway.numberplan import NumberPlan, PlanBook
+from gateway.numberplan import Line, NumberPlan, PlanBook
 from gateway.presence import Presence
 from gateway.record import CallRecord
 from gateway.tracker import CallTracker
@@ -63,9 +65,11 @@ class Gateway:
         followup: Followup | None = None,
         collector: Collector | None = None,
         rollups: Rollups | None = None,
+        bridge: Bridge | None = None,
         on_record: RecordListener | None = None,
     ) -> None:
         self.store = store
+        self.bridge = bridge
         self.rollups = rollups
         self.collector = collector
         self.followup = followup
@@ -100,11 +104,13 @@ class Gateway:
             self._spawn(self._save(record, also), f"save-{record.call_id}")
             if hub is not None:
                 hub.call_finished(effect.record.call_id)
-        elif hub is None:
             return
-        elif isinstance(effect, AgentRingStarted):
-            plan = self.plans.at(effect.call_started_at)
-            line = plan.line(effect.dialled) if effect.direction == "inbound" else None
+        if self.bridge is not None:
+            self._report(effect)
+        if hub is None:
+            return
+        if isinstance(effect, AgentRingStarted):
+            line = self._line_of(effect)
             card = build_card(direction=effect.direction, caller=effect.caller, caller_name=effect.caller_name,
                               dialled=effect.dialled, region=self.region, crm_url_template=self.crm_url_template,
                               line=line)
@@ -122,6 +128,25 @@ class Gateway:
             login = self._login_of(effect.extension)
             if self.presence is not None and login is not None:
                 self.presence.call_ended_for(login)  # after-call wrap-up
+
+    def _line_of(self, effect: AgentRingStarted) -> Line | None:
+        if effect.direction != "inbound":
+            return None
+        return self.plans.at(effect.call_started_at).line(effect.dialled)
+
+    def _report(self, effect: Effect) -> None:
+        """A live event for the CRMs (queued on its own; the pop does not wait)."""
+        assert self.bridge is not None
+        if isinstance(effect, AgentRingStarted):
+            line = self._line_of(effect)
+            customer = effect.dialled if effect.direction == "outbound" else effect.caller
+            self.bridge.report(crm_events.ringing(
+                effect, agent=self._login_of(effect.extension), customer=e164(customer, self.region),
+                shop=line.shop.shop_id if line else None, channel=line.channel if line else None))
+        elif isinstance(effect, AgentRingStopped):
+            self.bridge.report(crm_events.ring_stopped(effect, agent=self._login_of(effect.extension)))
+        elif isinstance(effect, AgentAnswered):
+            self.bridge.report(crm_events.answered(effect, agent=self._login_of(effect.extension)))
 
     def _login_of(self, extension: str) -> str | None:
         user = self.directory.by_extension(extension)
@@ -167,6 +192,10 @@ class Gateway:
         # What follows from the call (its contact, callback task, KPI points) is
         # written in the call's own transaction.
         also = list(extra)
+        if self.bridge is not None:  # first: the call's own event comes before a task it opens
+            people = dict.fromkeys((*record.rang, *record.talked, *((record.answered_by,) if record.answered_by else ())))
+            agents = {ext: login for ext in people if (login := self._login_of(ext)) is not None}
+            also += self.bridge.statements(crm_events.finished(record, agents=agents))
         if self.contacts is not None and record.customer is not None:
             also += self.contacts.call_statements(record, record.customer, shop=record.shop, channel=record.channel,
                                                   manager_of=self._login_of)
@@ -192,6 +221,8 @@ class Gateway:
                 return
         if self.collector is not None and record.recording_path:
             self.collector.poke()
+        if self.bridge is not None:
+            self.bridge.poke()
         if self._on_record is not None:
             self._on_record(record)
 

@@ -21,9 +21,12 @@ from connectors.ami.dialer import AmiDialer
 from connectors.ami.link import AmiLink, LinkSettings
 from connectors.ami.normalise import AmiNormaliser
 from connectors.ami.server import AmiServer
+from crm_bridge.bridge_config import CrmConfig
 from crm_bridge.contacts import Contacts
 from crm_bridge.store import Store
 from gateway.contacts_api import CONTACTS
+from gateway.crm_api import BRIDGE, build_bridge
+from gateway.crm_api import add_routes as add_crm_routes
 from gateway.contacts_api import add_routes as add_contact_routes
 from gateway.followup import Followup
 from gateway.calllog_api import add_routes as add_calllog_routes
@@ -87,8 +90,10 @@ class Harness:
                  http: HttpConfig | None = None, clock: Callable[[], float] = time.time,
                  plans: PlanBook | None = None, kpi: KpiRules | None = None, vip: VipPlan | None = None,
                  webhooks: WebhooksConfig | None = None, consume_webhooks: bool = True,
-                 agents_hear_own: bool = False) -> None:
+                 agents_hear_own: bool = False, crm: CrmConfig | None = None, deliver_crm: bool = True) -> None:
         self.agents_hear_own = agents_hear_own
+        self.crm = crm or CrmConfig()
+        self.deliver_crm = deliver_crm  # False: the test delivers with ``bridge.round`` (an injected clock)
         self.plans = plans
         self.webhooks_config = webhooks or WebhooksConfig()
         self.consume_webhooks = consume_webhooks  # False: as if the process died after each 2xx
@@ -105,6 +110,7 @@ class Harness:
         self._consumer: asyncio.Task[None] | None = None
         self._webhook_consumer: asyncio.Task[None] | None
         self._metrics_watch: asyncio.Task[None] | None = None
+        self._delivering: asyncio.Task[None] | None = None
 
     async def start(self) -> Harness:
         await self.ami.start()
@@ -135,11 +141,15 @@ class Harness:
         self.rollups = Rollups(self.kpi.timezone if self.kpi else "Europe/Moscow", ("order",))
         self.followup = Followup(self.store, plans=plans, directory=self.directory, kpi=self.kpi, vip=self.vip,
                                  hub=self.hub, clock=self.clock)
+        self.bridge = build_bridge(self.crm, store=self.store, plans=plans, recordings=self.recordings,
+                                   recordings_dir=self.recordings_dir, region=self.http.default_region,
+                                   metrics=self.metrics, clock=self.clock)
+        await self.bridge.start()
         self.gateway = Gateway(self.store, hub=self.hub, metrics=self.metrics, region=self.http.default_region,
                                crm_url_template=self.http.crm_url_template, plans=plans,
                                contacts=self.contacts, presence=self.presence, click_to_call=self.click_to_call,
                                followup=self.followup, collector=self.collector, rollups=self.rollups,
-                               on_record=self._on_record)
+                               bridge=self.bridge if self.bridge.sinks else None, on_record=self._on_record)
         self.router = Router(contacts=self.contacts, plans=plans, directory=self.directory, presence=self.presence,
                              clock=self.clock, normalise=lambda raw: e164(raw, self.http.default_region))
         self.webhooks = Webhooks(self.gateway, Inbox(self.store),
@@ -155,6 +165,8 @@ class Harness:
         self.link.start()
         self._consumer = asyncio.create_task(self.gateway.consume_ami(self.link, self.normaliser))
         self._metrics_watch = asyncio.create_task(self.metrics.watch(self.store))
+        if self.deliver_crm:
+            self._delivering = asyncio.create_task(self.bridge.run())
         await self.link.wait_connected(10)
         await self.ami.wait_for_login(10)
         return self
@@ -178,6 +190,8 @@ class Harness:
         app[REPORTS] = Reports(Deals(self.store, zone=self.rollups.zone.key, region=self.http.default_region),
                                self.gateway.plans, self.rollups.zone.key)
         add_dashboard_routes(app)
+        app[BRIDGE] = self.bridge
+        add_crm_routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
@@ -225,6 +239,10 @@ class Harness:
             self._consumer.cancel()
             await asyncio.gather(self._consumer, return_exceptions=True)
         await self.gateway.drain()
+        if self._delivering is not None:
+            self._delivering.cancel()
+            await asyncio.gather(self._delivering, return_exceptions=True)
+        await self.bridge.close()
         if self._metrics_watch is not None:
             self._metrics_watch.cancel()
             await asyncio.gather(self._metrics_watch, return_exceptions=True)
