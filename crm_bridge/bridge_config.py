@@ -7,23 +7,26 @@ across kinds. Raises ValueError naming the file, table and key.
 
 from __future__ import annotations
 
+import importlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from crm_bridge.bridge import RetryPolicy
-from crm_bridge.sinks import Sink, SinkContext, webhook
+from crm_bridge.sinks import Sink, SinkContext
 from gateway.toml_table import Table
 
-# kind -> its module's parse(table, name, environ, base) and build(config, context)
-PARSERS: dict[str, Callable[[Table, str, Mapping[str, str], Path], Any]] = {
-    webhook.KIND: webhook.parse,
-}
-BUILDERS: dict[str, Callable[[Any, SinkContext], Sink]] = {
-    webhook.KIND: webhook.build,
-}
+# The kinds of sink: each is the module crm_bridge.sinks.<kind>, with
+# parse(table, name, environ, base) -> its config and build(config, context) -> Sink.
+# A module is imported only when the config has a sink of its kind.
+KINDS = ("webhook", "bitrix24", "amocrm", "onec")
+
+
+def _module(kind: str) -> ModuleType:
+    return importlib.import_module(f"crm_bridge.sinks.{kind}")
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,40}")
 
 
@@ -64,7 +67,7 @@ def parse_crm(data: Any, where: str, environ: Mapping[str, str], base: Path) -> 
         raise top.fail("public_base_url", 'a URL like "https://cti.example.ru" (scheme and host, no path)', public)
     sinks: list[SinkEntry] = []
     seen: set[str] = set()
-    for kind, parse in PARSERS.items():
+    for kind in KINDS:
         items = top.get(kind, list, [], f"an array of tables [[crm.{kind}]]")
         for n, item in enumerate(items, 1):
             t = Table(item, where, f"[[crm.{kind}]] #{n}")
@@ -74,7 +77,7 @@ def parse_crm(data: Any, where: str, environ: Mapping[str, str], base: Path) -> 
             if name in seen:
                 raise t.fail("name", "a name no other CRM sink has", name)
             seen.add(name)
-            config = parse(t, name, environ, base)
+            config = _module(kind).parse(t, name, environ, base)
             t.check_unknown()
             sinks.append(SinkEntry(kind, name, config))
     top.check_unknown()
@@ -82,4 +85,5 @@ def parse_crm(data: Any, where: str, environ: Mapping[str, str], base: Path) -> 
 
 
 def build_sinks(crm: CrmConfig, ctx: SinkContext) -> list[Sink]:
-    return [BUILDERS[sink.kind](sink.config, ctx) for sink in crm.sinks]
+    sinks: list[Sink] = [_module(sink.kind).build(sink.config, ctx) for sink in crm.sinks]
+    return sinks

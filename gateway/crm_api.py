@@ -87,8 +87,9 @@ async def retry(request: web.Request) -> web.Response:
             raise _json_error(web.HTTPBadRequest, "bad_sink", "no CRM sink of that name")
         ids = await bridge.outbox.dead_ids(sink)
     else:
-        ids = body.get("entry_ids")
-        if not isinstance(ids, list) or not ids or len(ids) > 1000 or not all(
-                isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        given = body.get("entry_ids")
+        if not isinstance(given, list) or not given or len(given) > 1000 or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in given):
             raise _json_error(web.HTTPBadRequest, "bad_entry_ids", "entry_ids: a list of 1 to 1000 entry ids")
+        ids = given
     return web.json_response({"retried": await bridge.retry_now(ids)})
