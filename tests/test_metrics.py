@@ -24,6 +24,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.ami.server import capture_stream
+from crm_bridge.bridge_config import CrmConfig, SinkEntry
+from crm_bridge.sinks.webhook import WebhookSinkConfig
 from gateway.metrics import WEBHOOK_RESULTS
 from gateway.numberplan import PlanBook
 from recordings.collector import Collector
@@ -220,10 +222,20 @@ def test_metric_names_are_read_from_promql() -> None:
     assert metric_names(expr) == {"cti_hub_pop_latency_seconds_bucket", "cti_live_calls"}
 
 
-async def test_the_dashboard_shows_every_family_and_names_only_what_exists(h: Harness) -> None:
-    await h.ami.send_raw(capture_stream(CAPTURES / "a_answered.ami"))  # a call: its labelled counter has a series
-    await h.wait_records(1)
-    text = await scrape(h)
+# A CRM sink nobody answers (the discard port is closed): its labelled families get series.
+UNANSWERED_CRM = CrmConfig(sinks=(SinkEntry("webhook", "erp", WebhookSinkConfig("erp", "http://127.0.0.1:9/", "x" * 24)),))
+
+
+async def test_the_dashboard_shows_every_family_and_names_only_what_exists(tmp_path: Path) -> None:
+    async with Harness(tmp_path, plans=PlanBook(example_plan()), clock=sample_clock(), webhooks=ZADARMA,
+                       crm=UNANSWERED_CRM, deliver_crm=False) as h:
+        await h.ami.send_raw(capture_stream(CAPTURES / "a_answered.ami"))  # a call: its labelled counter has a series
+        await h.wait_records(1)
+        await h.gateway.drain()
+        await h.bridge.drain()
+        assert await h.bridge.round("erp")  # refused: one retry counted
+        await h.metrics.count_backlogs(h.store)
+        text = await scrape(h)
     parsed = list(text_string_to_metric_families(text))
     names = {family.name for family in parsed}
 
