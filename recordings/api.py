@@ -5,6 +5,7 @@
 | ``GET /api/calls/{call_id}/recording/link`` | whoever may listen: a signed link for the audio element, and the recording's description (duration, waveform) |
 | ``GET /api/calls/{call_id}/recording`` | the session's user, or the link's (``?t=``): the audio, with HTTP Range |
 | ``GET /api/admin/listens?days=7`` | administrators: the audit of listens |
+| ``GET /calls/{call_id}/recording`` | a page that plays it for whoever may listen: the link CRM records carry |
 
 Who may listen: an administrator, any call; a manager, the calls of the
 agents of his teams (they rang, answered, talked or placed the call) and of
@@ -27,7 +28,7 @@ from crm_bridge.store import Store, StoreError
 from gateway.auth import Signer, TokenError
 from gateway.record import CallRecord, iso
 from gateway.users import Directory, Role, User
-from gateway.web import CLOCK, DIRECTORY, SIGNER, STORE, USER, _json_error, _require
+from gateway.web import CLOCK, DIRECTORY, SIGNER, STATIC, STORE, USER, _json_error, _require
 from recordings.storage import READY, Recordings
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,12 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/calls/{call_id}/recording/link", recording_link)
     app.router.add_get("/api/calls/{call_id}/recording", play)
     app.router.add_get("/api/admin/listens", listens)
+    app.router.add_get("/calls/{call_id}/recording", listen_page)
+
+
+async def listen_page(request: web.Request) -> web.StreamResponse:
+    """The page behind a CRM record's link (static: it asks the API, which checks access)."""
+    return web.FileResponse(STATIC / "listen.html", headers={"Cache-Control": "no-cache"})
 
 
 def _purpose(call_id: str) -> str:

@@ -57,10 +57,13 @@ class SinkContext:
     recording_file: Callable[[str], Awaitable[RecordingFile | None]]  # the kept recording of a call id
 
     def recording_link(self, call_id: str) -> str | None:
-        """Where a CRM user plays the call's recording (after logging in to the gateway)."""
-        if self.public_base_url is None:
-            return None
-        return f"{self.public_base_url}/calls/{quote(call_id, safe='')}/recording"
+        return recording_link(self.public_base_url, call_id) if self.public_base_url else None
+
+
+def recording_link(public_base_url: str, call_id: str) -> str:
+    """Where a CRM user plays the call's recording: the gateway's page, with its
+    own login and access rules (recordings/api.py ``listen_page``)."""
+    return f"{public_base_url}/calls/{quote(call_id, safe='')}/recording"
 
 
 # Answers that can heal by waiting: the other side is busy or down, or its
