@@ -230,8 +230,9 @@ def cmd_rebuild_rollups(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.file)
     ami = f"AMI {config.ami.username}@{config.ami.host}:{config.ami.port}" if config.ami else "no AMI"
+    crm = ", ".join(f"{sink.kind} {sink.name}" for sink in config.crm.sinks) or "none"
     print(f"{args.file}: OK ({ami}; store {config.store.path}; {len(config.agents)} agent devices, "
-          f"{len(config.users)} users configured)")
+          f"{len(config.users)} users configured; CRM sinks: {crm})")
     return 0
 
 

@@ -193,7 +193,9 @@ class Gateway:
         # written in the call's own transaction.
         also = list(extra)
         if self.bridge is not None:  # first: the call's own event comes before a task it opens
-            people = dict.fromkeys((*record.rang, *record.talked, *((record.answered_by,) if record.answered_by else ())))
+            placed_by = (record.caller,) if record.direction != "inbound" and record.caller else ()
+            people = dict.fromkeys((*placed_by, *record.rang, *record.talked,
+                                    *((record.answered_by,) if record.answered_by else ())))
             agents = {ext: login for ext in people if (login := self._login_of(ext)) is not None}
             also += self.bridge.statements(crm_events.finished(record, agents=agents))
         if self.contacts is not None and record.customer is not None:

@@ -9,6 +9,8 @@ driven by Playwright; every wait is for something on the page.
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 import re
 from collections.abc import AsyncIterator
@@ -196,6 +198,8 @@ async def test_call_back_from_recent_calls_and_the_status_switch(tmp_path: Path,
         await button.click()
         await expect(button).to_be_disabled()
         await expect(status).to_have_text("Calling…")
+        while not h.ami.originates:  # the Originate is on the wire: dropping now leaves its fate unknown
+            await asyncio.sleep(0.01)
         await h.ami.drop_clients()
         await expect(status).to_have_text("The PBX did not confirm the call; your phone may still ring.")
         await expect(button).to_be_enabled()
