@@ -34,6 +34,7 @@ from gateway.metrics import Metrics
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 5.0  # a sink's loop looks at the outbox at least this often (rows written by triggers)
+UPLOAD_TIMEOUT_FACTOR = 8  # a recording's upload (Bitrix24 converts and sends the file) gets this many timeouts
 
 
 @dataclass(frozen=True)
@@ -147,12 +148,13 @@ class Bridge:
         return entries
 
     async def _attempt(self, sink: Sink, entry: Entry) -> None:
+        timeout = self.policy.timeout_seconds * (UPLOAD_TIMEOUT_FACTOR if entry.event == "recording.ready" else 1)
         try:
-            await asyncio.wait_for(sink.deliver(entry), self.policy.timeout_seconds)
+            await asyncio.wait_for(sink.deliver(entry), timeout)
         except DeliveryError as exc:
             await self._failed(sink, entry, str(exc), permanent=exc.permanent, retry_after=exc.retry_after)
         except asyncio.TimeoutError:
-            await self._failed(sink, entry, f"no answer within {self.policy.timeout_seconds:g} s")
+            await self._failed(sink, entry, f"no answer within {timeout:g} s")
         except Exception as exc:  # the network, the other side, or a bug: retried, and said
             if not isinstance(exc, OSError) and type(exc).__module__.split(".")[0] != "aiohttp":
                 log.exception("crm %s: delivering %s of %s failed unexpectedly", sink.name, entry.event, entry.stream)

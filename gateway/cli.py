@@ -35,6 +35,7 @@ from gateway.contacts_api import CONTACTS
 from gateway.contacts_api import add_routes as add_contact_routes
 from gateway.crm_api import BRIDGE, build_bridge
 from gateway.crm_api import add_routes as add_crm_routes
+from gateway.bitrix24_api import add_routes as add_bitrix24_routes
 from gateway.followup import Followup
 from gateway.calllog_api import add_routes as add_calllog_routes
 from gateway.followup_api import FOLLOWUP
@@ -364,6 +365,7 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
     add_dashboard_routes(app)
     app[BRIDGE] = bridge
     add_crm_routes(app)
+    add_bitrix24_routes(app)
     webhooks.add_routes(app, router.decide)
     await webhooks.recover()  # calls a crash left half-done, from the inbox
     runner = web.AppRunner(app, access_log=None)

@@ -27,6 +27,7 @@ from crm_bridge.store import Store
 from gateway.contacts_api import CONTACTS
 from gateway.crm_api import BRIDGE, build_bridge
 from gateway.crm_api import add_routes as add_crm_routes
+from gateway.bitrix24_api import add_routes as add_bitrix24_routes
 from gateway.contacts_api import add_routes as add_contact_routes
 from gateway.followup import Followup
 from gateway.calllog_api import add_routes as add_calllog_routes
@@ -192,6 +193,7 @@ class Harness:
         add_dashboard_routes(app)
         app[BRIDGE] = self.bridge
         add_crm_routes(app)
+        add_bitrix24_routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)

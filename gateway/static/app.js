@@ -7,7 +7,8 @@
    each recorded call, GET /api/calls/{id}/recording/link); the dashboard of marketers
    (and above their sections, of managers and administrators): GET /api/reports/channels
    as KPI tiles and SVG charts (charts.js), the channel table and its CSV; leads also get
-   GET /api/reports/agents.
+   GET /api/reports/agents. Administrators see the CRM delivery: GET /api/admin/outbox
+   (events waiting and dead per CRM sink) and POST /api/admin/outbox/retry.
 
    Plain browser JavaScript, no build step. The protocol is docs/websocket-protocol.md;
    in short: GET /api/token (session cookie), open /ws, send {"type":"auth"} first,
@@ -49,6 +50,9 @@
   const LOG_PAGE = 50;              // calls per page of the call log
   const LOG_CHANGE_MS = 300;
   const LOG_OUTCOMES = ['answered', 'missed', 'abandoned', 'busy', 'failed'];
+  const OUTBOX_EVERY_MS = 30000;    // the CRM delivery is read again this often while the page is in view
+  const OUTBOX_LISTED = 200;        // the server lists at most this many entries
+  const DUE_SOON_MS = 5000;         // an event due this soon goes "now" (the times shown are to the minute)
 
   // -- state --------------------------------------------------------------------
 
@@ -118,6 +122,14 @@
     agentsReport: null,   // the last /api/reports/agents answer (leads)
     agentsError: null,
     agentsSeq: 0,
+    outbox: null,         // the last /api/admin/outbox answer (administrators)
+    outboxState: 'dead',  // the entries listed: dead | pending
+    outboxError: null,    // why the last outbox request failed (text), or null
+    outboxLoading: false,
+    outboxSeq: 0,         // answers to an older outbox request are dropped
+    outboxTimer: 0,
+    outboxBusy: new Set(), // retries on their way: "entry:<id>", "sink:<name>", "all"
+    outboxAction: null,   // the last retry's outcome: {state: done|error, text}
   };
 
   const $ = (id) => document.getElementById(id);
@@ -196,6 +208,7 @@
     renderNotices();
     renderLog();
     renderDashboard();
+    renderOutbox();
   }
 
   // -- formatting (the browser's own time zone unless a zone is given) -------------------
@@ -419,6 +432,10 @@
       refreshAgents();
       refreshLog();
       refreshDashboard();
+      renderOutbox();
+      refreshOutbox();
+      clearInterval(S.outboxTimer);
+      if (isAdmin()) S.outboxTimer = setInterval(() => { if (!document.hidden) refreshOutbox(); }, OUTBOX_EVERY_MS);
     }
   }
 
@@ -484,6 +501,15 @@
     S.agentsSeq += 1;
     for (const [, id] of DASH_FIELDS) $(id).value = '';
     renderDashboard();
+    clearInterval(S.outboxTimer);
+    S.outbox = null;
+    S.outboxState = 'dead';
+    S.outboxError = null;
+    S.outboxLoading = false;
+    S.outboxSeq += 1;
+    S.outboxBusy.clear();
+    S.outboxAction = null;
+    renderOutbox();
   }
 
   async function onLogout() {
@@ -2260,6 +2286,184 @@
     ctx.fillRect(Math.min(width - 2 * dpr, fraction * width), 0, 2 * dpr, height);
   }
 
+  // -- the CRM delivery (administrators) -----------------------------------------------------
+  //
+  // GET /api/admin/outbox: per CRM sink, the events waiting and dead and the age of the
+  // oldest waiting one, and the entries of the state chosen (dead or waiting, newest first).
+  // POST /api/admin/outbox/retry puts dead entries back in line: one ("Retry now"), a sink's
+  // or all of them ("Retry all dead"); the list is read again at once, and every 30 s while
+  // the page is in view. With no sink configured the section says so rather than hiding:
+  // an administrator who expects the calls in a CRM learns here that none is set up.
+
+  function isAdmin() { return Boolean(S.user && S.user.role === 'admin'); }
+
+  async function refreshOutbox() {
+    if (!isAdmin()) return;
+    const generation = S.generation;
+    const seq = ++S.outboxSeq;
+    S.outboxLoading = true;
+    renderOutboxStatus();
+    let r;
+    try { r = await api('GET', `/api/admin/outbox?state=${encodeURIComponent(S.outboxState)}`); } catch (_) { r = null; }
+    if (generation !== S.generation || seq !== S.outboxSeq) return; // a newer request is on its way
+    S.outboxLoading = false;
+    if (r && r.status === 401) { sessionEnded(); return; }
+    if (r && r.ok && r.data && Array.isArray(r.data.sinks) && Array.isArray(r.data.entries)) {
+      S.outbox = r.data;
+      S.outboxError = null;
+    } else { // the last list stays, under the error
+      S.outboxError = t('outbox.error', { message: r ? errorText(r) : t('error.network') });
+    }
+    renderOutbox();
+  }
+
+  function showOutbox(state) {
+    if (state === S.outboxState) return;
+    S.outboxState = state;
+    S.outboxAction = null;
+    renderOutbox();
+    refreshOutbox();
+  }
+
+  /** Dead entries back in line. ``body``: {entry_ids} or {all_dead, sink}; ``busy``: whose button waits. */
+  async function retryOutbox(body, busy) {
+    const generation = S.generation;
+    S.outboxBusy.add(busy);
+    S.outboxAction = null;
+    renderOutbox();
+    let r;
+    try { r = await api('POST', '/api/admin/outbox/retry', body); } catch (_) { r = null; }
+    if (generation !== S.generation) return;
+    S.outboxBusy.delete(busy);
+    if (r && r.status === 401) { sessionEnded(); return; }
+    if (r && r.ok && r.data && typeof r.data.retried === 'number') {
+      S.outboxAction = { state: 'done',
+        text: r.data.retried ? t('outbox.retried', { count: r.data.retried }) : t('outbox.retried_none') };
+      refreshOutbox();
+    } else {
+      S.outboxAction = { state: 'error',
+        text: t('outbox.retry_error', { message: r ? errorText(r) : t('error.network') }) };
+    }
+    renderOutbox();
+  }
+
+  function epochTime(seconds) {
+    const iso = typeof seconds === 'number' && Number.isFinite(seconds) ? new Date(seconds * 1000).toISOString() : '';
+    return el('time', { datetime: iso, text: formatDateTime(iso) });
+  }
+
+  /** How long the oldest event has waited: "under a minute", "13 min", "2 h 5 min". */
+  function waitedText(seconds) {
+    if (typeof seconds !== 'number' || !Number.isFinite(seconds)) return '–';
+    return seconds < 60 ? t('outbox.under_minute') : formatSpan(seconds);
+  }
+
+  /** An entry's stream: a call's id, or "task:<id>" for a missed-call task. */
+  function streamText(stream) {
+    const text = String(stream || '');
+    return text.startsWith('task:') ? t('outbox.stream_task', { id: text.slice(5) }) : t('outbox.stream_call', { id: text });
+  }
+
+  function outboxSinkRow(s) {
+    const pending = Number(s.pending) || 0;
+    const dead = Number(s.dead) || 0;
+    const busy = `sink:${s.name}`;
+    let retry = null;
+    if (dead) {
+      retry = el('button', { type: 'button', 'data-testid': 'outbox-sink-retry', text: t('outbox.retry_sink'),
+        'aria-label': t('outbox.retry_sink_label', { sink: s.name }), disabled: S.outboxBusy.has(busy) });
+      retry.addEventListener('click', () => retryOutbox({ all_dead: true, sink: s.name }, busy));
+    }
+    return el('tr', { 'data-testid': 'outbox-sink', 'data-sink': s.name },
+      el('th', { scope: 'row', 'data-testid': 'outbox-sink-name', text: s.name }),
+      el('td', { 'data-testid': 'outbox-sink-kind', text: label('outbox.kind', s.kind) }),
+      el('td', { class: 'num', 'data-testid': 'outbox-sink-pending', text: formatNumber(pending) }),
+      el('td', { class: dead ? 'num dead' : 'num', 'data-testid': 'outbox-sink-dead', text: formatNumber(dead) }),
+      el('td', { class: 'num', 'data-testid': 'outbox-sink-oldest', text: pending ? waitedText(s.oldest_seconds) : '–' }),
+      el('td', { class: 'actions' }, retry));
+  }
+
+  function outboxEntryRow(e) {
+    const dead = e.state === 'dead';
+    let next;
+    if (dead) next = el('span', { class: 'muted', text: t('outbox.next_by_hand') });
+    else if (e.next_at * 1000 <= Date.now() + S.skew + DUE_SOON_MS) next = el('span', { text: t('outbox.next_now') });
+    else next = epochTime(e.next_at);
+    let retry = null;
+    if (dead) {
+      const busy = `entry:${e.entry_id}`;
+      retry = el('button', { type: 'button', 'data-testid': 'outbox-entry-retry', text: t('outbox.retry'),
+        'aria-label': t('outbox.retry_label', { event: label('outbox.event', e.event), stream: streamText(e.stream) }),
+        disabled: S.outboxBusy.has(busy) });
+      retry.addEventListener('click', () => retryOutbox({ entry_ids: [e.entry_id] }, busy));
+    }
+    return el('tr', { 'data-testid': 'outbox-entry', 'data-entry-id': e.entry_id, 'data-state': e.state },
+      el('td', { 'data-testid': 'outbox-entry-sink', text: e.sink }),
+      el('td', { 'data-testid': 'outbox-entry-event' },
+        el('span', { class: 'event-name', text: label('outbox.event', e.event) }),
+        el('code', { class: 'muted small', text: e.event })),
+      el('td', { class: 'stream', 'data-testid': 'outbox-entry-stream', text: streamText(e.stream) }),
+      el('td', { class: 'num', 'data-testid': 'outbox-entry-attempts', text: formatNumber(e.attempts) }),
+      el('td', { class: 'outbox-error', 'data-testid': 'outbox-entry-error', text: e.last_error || '' }),
+      el('td', { 'data-testid': 'outbox-entry-created' }, epochTime(e.created_at)),
+      el('td', { 'data-testid': 'outbox-entry-next' }, next),
+      el('td', { class: 'actions' }, retry));
+  }
+
+  function outboxSinks() {
+    return S.outbox ? S.outbox.sinks.filter((s) => s && typeof s.name === 'string') : [];
+  }
+
+  function renderOutboxStatus() {
+    const status = $('outbox-status');
+    const current = Boolean(S.outbox && S.outbox.state === S.outboxState);
+    let text = '';
+    if (S.outboxError) text = S.outboxError;
+    else if (S.outboxLoading && !current) text = t('outbox.loading');
+    else if (S.outbox && !outboxSinks().length) text = t('outbox.no_sinks');
+    status.textContent = text;
+    status.hidden = !text;
+    status.dataset.state = S.outboxError ? 'error' : '';
+    $('outbox-entries').setAttribute('aria-busy', String(S.outboxLoading));
+  }
+
+  function renderOutbox() {
+    $('outbox').hidden = !isAdmin();
+    const sinks = outboxSinks();
+    $('outbox-main').hidden = !sinks.length;
+    for (const b of document.querySelectorAll('[data-outbox-state]')) {
+      b.setAttribute('aria-pressed', String(b.dataset.outboxState === S.outboxState));
+    }
+    $('outbox-sinks').replaceChildren(...sinks.map(outboxSinkRow));
+    const dead = sinks.reduce((n, s) => n + (Number(s.dead) || 0), 0);
+    const retryAll = $('outbox-retry-all');
+    retryAll.hidden = S.outboxState !== 'dead';
+    retryAll.disabled = !dead || S.outboxBusy.has('all');
+
+    // The entries of the other state stay out while the chosen ones are on their way.
+    const current = S.outbox && S.outbox.state === S.outboxState ? S.outbox : null;
+    const entries = current ? current.entries.filter((e) => e && typeof e === 'object'
+      && typeof e.entry_id === 'number') : [];
+    $('outbox-entries').replaceChildren(...entries.map(outboxEntryRow));
+    const total = sinks.reduce((n, s) => n + (Number(S.outboxState === 'dead' ? s.dead : s.pending) || 0), 0);
+    let text = '';
+    if (current && !entries.length) text = t(`outbox.empty_${S.outboxState}`);
+    else if (current && entries.length >= OUTBOX_LISTED && total > entries.length) {
+      text = t('outbox.newest', { shown: formatNumber(entries.length), total: formatNumber(total) });
+    }
+    const listStatus = $('outbox-list-status');
+    listStatus.textContent = text;
+    listStatus.hidden = !text;
+
+    const action = $('outbox-action');
+    const a = S.outboxAction;
+    action.textContent = a ? a.text : '';
+    action.hidden = !a;
+    action.dataset.state = a ? a.state : '';
+    action.setAttribute('role', a && a.state === 'error' ? 'alert' : 'status');
+    renderOutboxStatus();
+  }
+
   // -- notices (over the websocket) ---------------------------------------------------------
 
   function onNotice(frame) {
@@ -2394,6 +2598,12 @@
     $('calllog-prev').addEventListener('click', () => pageLog(-1));
     $('calllog-next').addEventListener('click', () => pageLog(1));
     $('dash-filters').addEventListener('submit', (ev) => { ev.preventDefault(); refreshDashboard(); });
+    $('outbox-refresh').addEventListener('click', refreshOutbox);
+    $('outbox-retry-all').addEventListener('click', () => retryOutbox({ all_dead: true }, 'all'));
+    for (const b of document.querySelectorAll('[data-outbox-state]')) {
+      b.addEventListener('click', () => showOutbox(b.dataset.outboxState));
+    }
+    document.addEventListener('visibilitychange', () => { if (!document.hidden) refreshOutbox(); });
     $('dash-filters').addEventListener('change', applyDashSoon); // every choice applies by itself
     for (const b of document.querySelectorAll('[data-preset]')) {
       b.addEventListener('click', () => applyPreset(b.dataset.preset));
