@@ -117,7 +117,12 @@ class Outbox:
         return [_entry(row) for row in rows]
 
     async def next_due_at(self, sink: str) -> float | None:
-        rows = await self.store.read("SELECT min(next_at) FROM outbox WHERE sink = ? AND state = 'pending'", (sink,))
+        """When the next entry can be attempted: the first pending one of each
+        stream counts (a later one waits for it, whatever its own next_at)."""
+        rows = await self.store.read(
+            "SELECT min(o.next_at) FROM outbox AS o WHERE o.sink = ? AND o.state = 'pending' "
+            "AND NOT EXISTS (SELECT 1 FROM outbox AS p WHERE p.sink = o.sink AND p.stream = o.stream "
+            "AND p.state = 'pending' AND p.entry_id < o.entry_id)", (sink,))
         return rows[0][0] if rows else None
 
     async def delivered(self, entry_id: int, now: float) -> None:

@@ -46,9 +46,9 @@ def parse(t: Table, name: str, environ: Mapping[str, str], base: Path) -> Webhoo
     url = t.get("url", str, None, 'the receiver\'s URL, like "https://erp.example.com/cti-events"')
     if not url or not url.startswith(("https://", "http://")):
         raise t.fail("url", 'the receiver\'s URL, like "https://erp.example.com/cti-events"', url)
-    secret = t.required_secret("secret", environ, "the signing secret (whsec_... or 24+ characters)", base)
+    secret = t.required_secret("secret", environ, "the signing secret (whsec_... or 16+ characters)", base)
     if _key(secret) is None or len(_key(secret) or b"") < 16:
-        raise t.fail("secret_env", "a secret of at least 16 bytes (whsec_<base64> or 24+ characters)", "******")
+        raise t.fail("secret_env", "a secret of at least 16 bytes (whsec_<base64> or 16+ characters)", "******")
     events = t.get("events", list, list(EVENTS), f"a list of events out of {', '.join(EVENTS)}")
     unknown = [e for e in events if e not in EVENTS]
     if unknown or not events:
