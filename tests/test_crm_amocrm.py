@@ -28,6 +28,7 @@ from tests.harness import Harness
 from tests.test_callbacks_live import jsonl_stream
 from tests.test_hub import FakeClock
 from tests.test_numberplan import example_plan
+from tests.local_server import serve
 
 TOKEN = "amo-long-lived-token-0123456789"
 USERS = {"anna": 7001, "boris": 7002}
@@ -64,11 +65,7 @@ class AmoCrm:
         app.router.add_post(UNSORTED, self._add_unsorted)
         app.router.add_get("/api/v4/leads/unsorted", self._list_unsorted)
         app.router.add_get("/api/v4/{entity_type}/notes", self._list_notes)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._runner, self.url = await serve(app)
 
     async def close(self) -> None:
         if self._runner is not None:

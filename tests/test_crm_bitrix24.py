@@ -38,6 +38,7 @@ from tests.test_callbacks_live import capture, play
 from tests.test_hub import FakeClock, running
 from tests.test_numberplan import example_plan
 from tests.test_recordings import settle, wav
+from tests.local_server import serve
 
 SAMPLES = Path(__file__).parent / "webhook_samples"
 CODE = "1/abc123secret"  # the incoming webhook's user and code: a secret in the URL
@@ -89,11 +90,7 @@ class FakeBitrix:
         app = web.Application()
         app.router.add_post("/rest/{path:.+}", self.rest)
         app.router.add_get("/oauth/token/", self.token)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._runner, self.url = await serve(app)
 
     async def close(self) -> None:
         if self._runner is not None:

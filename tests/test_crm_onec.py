@@ -32,6 +32,7 @@ from tests.harness import Harness
 from tests.test_callbacks_live import jsonl_stream
 from tests.test_hub import FakeClock
 from tests.test_numberplan import example_plan
+from tests.local_server import serve
 
 USER, PASSWORD = "Оператор CTI", "пароль:'секрет'"  # 1C user names are often Cyrillic
 ENV = {"ONEC_PASSWORD": PASSWORD}
@@ -77,11 +78,8 @@ class OData:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_route("*", "/trade/odata/standard.odata/{set}", self.handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/trade/odata/standard.odata"
+        self._runner, root = await serve(app)
+        self.url = root + "/trade/odata/standard.odata"
 
     async def close(self) -> None:
         if self._runner is not None:

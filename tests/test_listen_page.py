@@ -22,6 +22,7 @@ from tests.test_numberplan import example_plan
 from tests.test_calllog import needs_chromium
 from tests.test_page import browser, log_in, new_page
 from tests.test_recordings import answered_call, ready
+from tests.local_server import serve
 
 __all__ = ["browser"]  # the fixture
 
@@ -34,12 +35,9 @@ async def crm_page(link: str) -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/", page)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    runner, url = await serve(app)
     try:
-        yield f"http://localhost:{runner.addresses[0][1]}/"
+        yield url.replace("127.0.0.1", "localhost") + "/"
     finally:
         await runner.cleanup()
 

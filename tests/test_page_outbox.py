@@ -26,6 +26,7 @@ from tests.harness import Harness
 from tests.test_callbacks_live import jsonl_stream
 from tests.test_numberplan import example_plan
 from tests.test_page import ARTIFACTS, CHROMIUM, browser, log_in, new_page  # noqa: F401  (browser is a fixture)
+from tests.local_server import serve
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium at /usr/bin/chromium")
 
@@ -53,10 +54,8 @@ async def receiver() -> AsyncIterator[Receiver]:
     r = Receiver()
     app = web.Application()
     app.router.add_post("/hook", r.hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    r.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    runner, url = await serve(app)
+    r.url = url + "/hook"
     try:
         yield r
     finally:

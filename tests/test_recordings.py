@@ -277,8 +277,8 @@ async def test_a_provider_s_recording_is_downloaded_and_attached_to_its_call(tmp
             events[-1] = events[-1].replace(quote("https://sipuni.example.invalid/record/abc.mp3", safe=""),
                                             quote(link, safe=""))
             async with aiohttp.ClientSession() as http:
-                for query in events:
-                    async with http.get(f"{h.url}/webhooks/sipuni/main/{TOKEN}?{query}") as response:
+                for event in events:
+                    async with http.get(f"{h.url}/webhooks/sipuni/main/{TOKEN}?{event}") as response:
                         assert response.status == 200
             await h.webhooks.idle()
             await h.gateway.drain()
