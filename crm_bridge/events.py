@@ -57,6 +57,9 @@ def finished(record: CallRecord, *, agents: dict[str, str]) -> Event:
     data.pop("recording_path")  # a PBX path: the recording comes as recording.ready
     data["customer"] = record.customer
     data["answered_by_agent"] = agents.get(record.answered_by) if record.answered_by else None
+    # The owner of the talk (DESIGN): the last agent who talked, after transfers.
+    owner = record.talked[-1] if record.talked else record.answered_by
+    data["owner_agent"] = agents.get(owner) if owner else None
     data["agents"] = agents
     data["recording_expected"] = record.recording_path is not None
     return Event("call.finished", record.call_id, f"{record.call_id}:finished", data)

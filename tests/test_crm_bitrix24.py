@@ -239,9 +239,9 @@ async def test_a_missed_call_lands_with_the_default_user_and_in_the_chat(tmp_pat
     # A queue: anna rings without answering, then boris rings and answers.
     ("e_queue_answered", "2026-11-26T23:40:30Z",
      [(REGISTER, 17), (HIDE, 17), (SHOW, 18), (FINISH, 18)]),
-    # anna answers and transfers to boris: his card goes at the end, the call is anna's (answered_by).
+    # anna answers and transfers to boris: the call is his, the last who talked (DESIGN: the owner of the talk).
     ("h1_blind_transfer", "2026-11-26T23:41:30Z",
-     [(REGISTER, 17), (SHOW, 18), (HIDE, 18), (FINISH, 17)]),
+     [(REGISTER, 17), (SHOW, 18), (HIDE, 17), (FINISH, 18)]),
 ])
 async def test_one_card_per_ringing_user_hidden_for_those_who_did_not_answer(
         tmp_path: Path, bitrix: FakeBitrix, capture_name: str, now: str, expected: list[tuple[str, int]]) -> None:

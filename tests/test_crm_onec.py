@@ -325,7 +325,7 @@ async def test_internal_calls_are_not_sent(tmp_path: Path, odata: OData) -> None
     sink = build(crm.sinks[0].config, ctx)
     data = {"call_id": "1.1", "direction": "internal", "caller": "101", "dialled": "102", "outcome": "answered",
             "started_at": "2026-11-26T23:39:08.724+00:00", "ended_at": "2026-11-26T23:39:13.748+00:00",
-            "customer": None, "answered_by_agent": "boris", "agents": {"101": "anna", "102": "boris"}}
+            "customer": None, "answered_by_agent": "boris", "owner_agent": "boris", "agents": {"101": "anna", "102": "boris"}}
     try:
         await sink.deliver(Entry(1, "erp1c", "call.finished", "1.1", "1.1:finished", data, "pending", 0,
                                  0.0, 0.0, 0.0, None, None))

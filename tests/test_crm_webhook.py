@@ -271,6 +271,8 @@ async def test_each_capture_s_events_are_valid_signed_and_in_order(tmp_path: Pat
     placed_by = (record.caller,) if record.direction != "inbound" else ()  # the agent placing an outbound call
     assert finished["agents"] == {ext: LOGINS[ext] for ext in (*placed_by, *record.rang, *record.talked)}
     assert finished["answered_by_agent"] == (LOGINS[record.answered_by] if record.answered_by else None)
+    owner = record.talked[-1] if record.talked else record.answered_by
+    assert finished["owner_agent"] == (LOGINS[owner] if owner else None)
     assert finished["recording_expected"] is (record.recording_path is not None)
     for ringing in (e["data"] for e in events if e["type"] == "call.ringing"):
         assert (ringing["agent"], ringing["customer"]) == (LOGINS[ringing["extension"]], record.customer)

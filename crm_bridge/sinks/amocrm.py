@@ -120,9 +120,9 @@ class AmoCrmSink:
     # -- what amoCRM receives --------------------------------------------------------------
 
     def responsible(self, data: Mapping[str, Any]) -> int | None:
-        """The amoCRM user of the agent who talked (or placed an outbound
+        """The amoCRM user of the agent who talked last (or placed an outbound
         call), else the configured default."""
-        login = data.get("answered_by_agent")
+        login = data.get("owner_agent")
         if login is None and data.get("direction") == "outbound":
             login = (data.get("agents") or {}).get(data.get("caller") or "")
         return self.config.users.get(login, self.config.default_user_id) if login else self.config.default_user_id

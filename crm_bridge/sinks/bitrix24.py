@@ -249,11 +249,11 @@ class Bitrix24Sink:
         call_id = data["call_id"]
         outbound = data["direction"] == "outbound"
         agents: dict[str, str] = data.get("agents") or {}
-        answerer = self.config.users.get(data.get("answered_by_agent") or "")
+        owner = self.config.users.get(data.get("owner_agent") or "")  # the last who talked
         caller = self.config.users.get(agents.get(data.get("caller") or "", "")) if outbound else None
         link = await self.ctx.outbox.link(self.name, call_id)
         if link is None:  # no ring reached us: an outbound call, a restart, a webhook PBX
-            user = caller if outbound else answerer
+            user = caller if outbound else owner
             extension = data.get("caller") if outbound else data.get("answered_by")
             link = await self._register(call_id, self._register_params(data, user, extension=extension, show=False),
                                         shown=[], user=user)
@@ -262,7 +262,7 @@ class Bitrix24Sink:
             return
         # Who holds the call in Bitrix24: who answered; for an outbound call
         # its caller (or the user who clicked); else the missed calls' owner.
-        user = ((caller or kept.get("user_id")) if outbound else answerer) or self.config.default_user_id
+        user = ((caller or kept.get("user_id")) if outbound else owner) or self.config.default_user_id
         for other in kept.get("shown", []):
             if other != user:
                 await self._call("telephony.externalcall.hide", {"CALL_ID": remote, "USER_ID": [other]})

@@ -195,7 +195,7 @@ def values_of(data: Mapping[str, Any], *, zone: str, recording_link: str | None)
     """The placeholders' values for a call.finished event (``zone``: the shop's)."""
     customer = data.get("customer") or ""
     inbound = data["direction"] == "inbound"
-    agent = data.get("answered_by_agent") or (data.get("agents") or {}).get(data.get("caller") or "")
+    agent = data.get("owner_agent") or (data.get("agents") or {}).get(data.get("caller") or "")
     started = datetime.fromisoformat(data["started_at"])
     ended = datetime.fromisoformat(data["ended_at"]) if data.get("ended_at") else started
     local = ZoneInfo(zone)
