@@ -1,4 +1,4 @@
-"""The ``cti-gateway`` command: run, demo, replay, calls, check-config."""
+"""The ``cti-gateway`` command: run, demo, replay, calls, backup, check-config."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import csv
 import getpass
 import json
 import logging
+import os
 import random
 import secrets
 import signal
+import sqlite3
 import sys
 import tempfile
 import time
@@ -24,13 +26,15 @@ from connectors.ami.dialer import AmiDialer
 from connectors.ami.fastagi import AgiRequest, Decide, FastAgiServer
 from connectors.ami.link import AmiLink, LinkSettings
 from connectors.ami.normalise import AmiNormaliser, ChannelClassifier
+from crm_bridge.backup import backup_store
 from crm_bridge.contacts import Contacts, e164
 from crm_bridge.store import Store, StoreError
 from aiohttp import web
 
 from gateway.auth import Signer, hash_password
 from gateway.click_to_call import ClickToCall
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import Config, ConfigError, load_config, load_store_config
+from gateway.logs import configure_logging
 from gateway.contacts_api import CONTACTS
 from gateway.contacts_api import add_routes as add_contact_routes
 from gateway.crm_api import BRIDGE, build_bridge
@@ -67,6 +71,8 @@ from gateway.web import ROLLUPS, build_app
 
 log = logging.getLogger("cti_gateway")
 
+DEFAULT_CONFIG = "/etc/cti-gateway/cti-gateway.toml"  # where deploy/cti-gateway.service reads it
+
 CSV_FIELDS = (
     "call_id", "direction", "caller", "caller_name", "dialled", "outcome", "answered_by", "rang", "talked",
     "started_at", "answered_at", "ended_at", "ring_seconds", "talk_seconds", "hangup_cause", "reason",
@@ -77,11 +83,7 @@ CSV_FIELDS = (
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging("text", args.log_level or "info")  # `run` reconfigures from [logging]
     try:
         result: int = args.func(args)
         return result
@@ -94,7 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cti-gateway", description=__doc__)
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"],
+                        help="default: [logging] level of the config, else info")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="connect to the PBX in the config and log every call")
@@ -134,6 +137,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rebuild-rollups", help="recompute the reports' daily roll-ups from the stored calls")
     p.add_argument("--config", required=True, type=Path)
     p.set_defaults(func=cmd_rebuild_rollups)
+
+    p = sub.add_parser("backup", help="copy the store to a file while the gateway runs, and check the copy")
+    p.add_argument("target", type=Path, help="the backup file to write (replaced if it exists)")
+    p.add_argument("--config", type=Path, default=Path(DEFAULT_CONFIG), help=f"default: {DEFAULT_CONFIG}")
+    p.add_argument("--pages", type=int, default=256, help="database pages copied per step")
+    p.add_argument("--pause", type=float, default=0.01, help="seconds between steps, so the gateway keeps the disk")
+    p.set_defaults(func=cmd_backup)
 
     p = sub.add_parser("check-config", help="validate a config file and exit")
     p.add_argument("file", type=Path)
@@ -225,6 +235,44 @@ def cmd_rebuild_rollups(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+# -- backup --------------------------------------------------------------------
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    source = load_store_config(args.config).path
+    target: Path = args.target
+    if args.pages < 1 or not args.pause >= 0:
+        print("cti-gateway backup: --pages must be at least 1 and --pause at least 0", file=sys.stderr)
+        return 2
+    if not source.is_file():
+        print(f"cti-gateway backup: no database at {source}", file=sys.stderr)
+        return 2
+    if target.resolve() == source.resolve():
+        print(f"cti-gateway backup: {target} is the database itself", file=sys.stderr)
+        return 2
+    if os.geteuid() == 0 and source.stat().st_uid != 0:
+        # A root connection could create -wal/-shm files the service user then cannot open.
+        print(f"cti-gateway backup: run it as the owner of {source} (sudo -u cti-gateway ...), not as root",
+              file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    try:
+        report = backup_store(source, target, pages=args.pages, pause=args.pause)
+    except sqlite3.Error as exc:
+        print(f"cti-gateway backup: {source} -> {target}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"cti-gateway backup: {target}: {exc.strerror}", file=sys.stderr)
+        return 1
+    if report.problems:
+        print(f"cti-gateway backup: the copy failed PRAGMA integrity_check, nothing written to {target}:\n  "
+              + "\n  ".join(report.problems[:10]), file=sys.stderr)
+        return 1
+    print(f"backup: {target}: {report.calls} calls, schema version {report.schema_version}, "
+          f"{report.pages} pages in {report.steps} steps, {time.monotonic() - started:.1f} s; integrity ok")
+    return 0
+
+
 # -- check-config ------------------------------------------------------------
 
 
@@ -242,6 +290,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    configure_logging(config.logging.format, args.log_level or config.logging.level)
     if config.ami is None:
         raise ConfigError(f"{args.config}: [ami]: missing; `run` needs the PBX to connect to")
     ami = config.ami

@@ -24,6 +24,8 @@ from dashboards.digest import DigestConfig, parse_digest
 from gateway.auth import is_password_hash
 from gateway.phones import format_e164, parse_phone
 from gateway.kpi import DEFAULT_POINTS, KpiRules, VipPlan
+from gateway.logs import FORMATS as LOG_FORMATS
+from gateway.logs import LEVELS as LOG_LEVELS
 from gateway.numberplan import WEEKDAYS, Line, NumberPlan, Shop
 from gateway.users import Role, User
 
@@ -83,6 +85,12 @@ class RoutingConfig:
 @dataclass(frozen=True)
 class StoreConfig:
     path: Path = Path("var/cti-gateway.sqlite3")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    format: str = "text"  # "json": one JSON object per line, for a log shipper
+    level: str = "info"
 
 
 @dataclass(frozen=True)
@@ -159,6 +167,7 @@ class Config:
     reports: ReportsConfig = ReportsConfig()
     digest: DigestConfig = DigestConfig()
     crm: CrmConfig = CrmConfig()
+    logging: LoggingConfig = LoggingConfig()
 
     def agent_devices(self) -> dict[str, str]:
         """Device name -> extension, for the AMI channel classifier."""
@@ -215,23 +224,25 @@ class _Reader:
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
     """Read and validate a config file; relative paths in it are relative to it."""
     source = Path(path)
-    env = os.environ if environ is None else environ
+    return parse_config(_read_toml(source), source=source, environ=os.environ if environ is None else environ)
+
+
+def _read_toml(source: Path) -> dict[str, Any]:
     try:
         raw = source.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read the config file: {exc.strerror}") from exc
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        return tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
-    return parse_config(data, source=source, environ=env)
 
 
 def parse_config(data: Mapping[str, Any], *, source: Path | None, environ: Mapping[str, str]) -> Config:
     where = str(source) if source else "<config>"
     base = source.parent if source else Path.cwd()
     known = {"ami", "http", "store", "agents", "users", "shops", "numbers", "plan", "routing", "kpi", "vip",
-             "webhooks", "recordings", "reports", "digest", "crm"}
+             "webhooks", "recordings", "reports", "digest", "crm", "logging"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{where}: [{key}]: unknown section (known: {', '.join(sorted(known))})")
@@ -314,7 +325,26 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None, environ: Mappi
                   recordings=_recordings(table("recordings"), base),
                   reports=_reports(table("reports"), http.call_results),
                   digest=_digest(data.get("digest", {}), where, environ),
-                  crm=_crm(data.get("crm", {}), where, environ, base))
+                  crm=_crm(data.get("crm", {}), where, environ, base),
+                  logging=_logging(table("logging")))
+
+
+def load_store_config(path: str | os.PathLike[str]) -> StoreConfig:
+    """Only ``[store]`` of a config file: what ``backup`` needs, without the
+    secrets the other sections name (an administrator's shell lacks them)."""
+    source = Path(path)
+    return parse_config({"store": _read_toml(source).get("store", {})}, source=source, environ={}).store
+
+
+def _logging(r: _Reader) -> LoggingConfig:
+    fmt = r.text("format", "text")
+    if fmt not in LOG_FORMATS:
+        raise r._fail("format", " or ".join(f'"{f}"' for f in LOG_FORMATS), fmt)
+    level = r.text("level", "info").lower()
+    if level not in LOG_LEVELS:
+        raise r._fail("level", "one of " + ", ".join(f'"{name}"' for name in LOG_LEVELS), level)
+    r.check_unknown()
+    return LoggingConfig(format=fmt, level=level)
 
 
 def _crm(table: Any, where: str, environ: Mapping[str, str], base: Path) -> CrmConfig:
