@@ -154,10 +154,14 @@ async def read_body(request: web.Request) -> bytes:
     """The raw body, refused beyond MAX_BODY (413) before it is all read."""
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise WebhookRejected(413, "too_large", f"body larger than {MAX_BODY} bytes")
-    body = await request.content.read(MAX_BODY + 1)
-    if len(body) > MAX_BODY:
-        raise WebhookRejected(413, "too_large", f"body larger than {MAX_BODY} bytes")
-    return body
+    # read(n) returns what has arrived so far, not n bytes: loop to the end (a
+    # body may come in several segments, or chunked with no length to check).
+    body = bytearray()
+    while chunk := await request.content.read(MAX_BODY + 1 - len(body)):
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise WebhookRejected(413, "too_large", f"body larger than {MAX_BODY} bytes")
+    return bytes(body)
 
 
 def rejected_response(exc: WebhookRejected) -> web.Response:

@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import aiohttp
+
 from crm_bridge.events import Event
 from crm_bridge.outbox import Entry, Outbox, Statement, event_statement
 from crm_bridge.sinks import DeliveryError, Sink
@@ -158,7 +160,7 @@ class Bridge:
         except Exception as exc:  # the network, the other side, or a bug: retried, and said
             if not isinstance(exc, OSError) and type(exc).__module__.split(".")[0] != "aiohttp":
                 log.exception("crm %s: delivering %s of %s failed unexpectedly", sink.name, entry.event, entry.stream)
-            await self._failed(sink, entry, f"{type(exc).__name__}: {exc}".rstrip(": "))
+            await self._failed(sink, entry, _described(exc))
         else:
             await self.outbox.delivered(entry.entry_id, self.clock())
             self._count(sink.name, "delivered")
@@ -194,3 +196,11 @@ class Bridge:
         for sink in self.sinks.values():
             await sink.close()
 
+
+def _described(exc: Exception) -> str:
+    """What failed, without the request's URL: a Bitrix24 webhook's URL is its secret."""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"{type(exc).__name__}: HTTP {exc.status} {exc.message}".rstrip()
+    if isinstance(exc, aiohttp.InvalidURL):
+        return f"{type(exc).__name__}: the configured URL is not valid"
+    return f"{type(exc).__name__}: {exc}".rstrip(": ")

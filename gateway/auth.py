@@ -4,7 +4,8 @@
   one costs tens of milliseconds on purpose, so callers run it off the loop.
 - Tokens and session cookies are signed with HMAC-SHA256 under the gateway's
   secret, carry their purpose, subject and expiry, and are compared in constant
-  time. A token names one agent and opens one websocket; a session cookie names
+  time. A token names one agent and opens his websockets until it expires (an
+  embedded page reconnects with the same one); a session cookie names
   a user for the HTTP API. Logging out revokes the session id in memory (and the
   browser drops the cookie); the signing secret outlives restarts, so sessions do.
 """

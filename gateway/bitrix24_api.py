@@ -14,6 +14,7 @@ the same click again, and a click must never dial twice.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 
@@ -87,10 +88,16 @@ def _shop_of_line(click_to_call: ClickToCall, sink: Bitrix24Sink, line_number: s
 
 async def _body(request: web.Request) -> bytes:
     if request.content_length is not None and request.content_length > MAX_BODY:
-        raise _json_error(web.HTTPRequestEntityTooLarge, "too_large", f"at most {MAX_BODY} bytes")
+        raise _too_large(request.content_length)
     body = bytearray()
     while chunk := await request.content.read(MAX_BODY):
         body += chunk
         if len(body) > MAX_BODY:
-            raise _json_error(web.HTTPRequestEntityTooLarge, "too_large", f"at most {MAX_BODY} bytes")
+            raise _too_large(len(body))
     return bytes(body)
+
+
+def _too_large(size: int) -> web.HTTPException:
+    # HTTPRequestEntityTooLarge takes the sizes first; _json_error cannot make one.
+    return web.HTTPRequestEntityTooLarge(MAX_BODY, size, content_type="application/json",
+                                         text=json.dumps({"error": "too_large", "message": f"at most {MAX_BODY} bytes"}))

@@ -55,3 +55,5 @@ def configure_logging(fmt: str = "text", level: str = "info", stream: TextIO | N
         old.close()
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # aiosqlite logs every statement with its parameters at DEBUG: OAuth tokens among them.
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, root.level))
