@@ -66,6 +66,7 @@ import aiohttp
 import psutil  # type: ignore[import-untyped]
 from aiohttp import web
 
+from bench.figures import CheckFailed, Figure, Target, render, table
 from connectors.ami.codec import AmiMessage
 from connectors.ami.scenarios import CallFactory, Scenario
 from connectors.ami.server import AmiServer
@@ -740,20 +741,8 @@ def pct(values: list[float], p: float) -> float:
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(header, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
-    return "\n".join(lines)
-
-
 def _mib(value: float) -> str:
     return f"{value / 2**20:.1f}"
-
-
-def _ratio(value: float, base: float) -> str:
-    return f"{value / base:.2f}x" if base > 0 and not math.isnan(value) and not math.isnan(base) else "-"
 
 
 def per_agent_kib(phase: Phase, agents: int) -> float:
@@ -770,6 +759,33 @@ def _internal_summary(internal: dict[str, float]) -> str:
         if le in internal:
             parts.append(f"<= {float(le) * 1000:g} ms {internal[le] / count:.1%}")
     return f"{count:,.0f} pops, mean {internal.get('sum', 0.0) / count * 1000:.2f} ms; " + ", ".join(parts)
+
+
+def figures_of(gw: Phase, base: Phase, agents: int) -> list[Figure]:
+    base_name = "bare aiohttp"
+    busy = max((p.other_cpu / p.load_wall for p in (gw, base) if p.load_wall), default=0.0)
+    noisy = (f" Other processes used up to {busy:.0%} of a core during the loads; the tail follows them "
+             "(bench/README.md, 'Noise').") if busy > BUSY_MACHINE else ""
+    stall = max(gw.loop_lag_ms, default=0.0)
+    inside = gw.internal.get("0.05", 0.0) / gw.internal["+Inf"] if gw.internal.get("+Inf") else math.nan
+    if stall > TARGET_P99_MS:
+        noisy += (f" The load generator's own event loop stalled up to {stall:,.0f} ms, which counts as latency; "
+                  f"the gateway's own histogram (AMI message parsed -> frame queued) had {inside:.1%} of pops "
+                  "within 50 ms.")
+    return [
+        Figure("pop latency p50", pct(gw.latencies_ms, 50), "ms", pct(base.latencies_ms, 50), base_name),
+        Figure("pop latency p99", pct(gw.latencies_ms, 99), "ms", pct(base.latencies_ms, 99), base_name,
+               target=Target("<", TARGET_P99_MS, "issue 4, DESIGN.md"),
+               note="The target holds on a quiet machine (5-15 ms)." + noisy),
+        Figure("pop latency max", max(gw.latencies_ms, default=math.nan), "ms",
+               max(base.latencies_ms, default=math.nan), base_name),
+        Figure(f"server RSS with {agents:,} agents", gw.rss_agents / 2**20, "MiB", base.rss_agents / 2**20,
+               base_name),
+        Figure("server RSS per connected agent", per_agent_kib(gw, agents), "KiB", per_agent_kib(base, agents),
+               base_name, target=Target("<", TARGET_KIB_PER_AGENT, "issue 4")),
+        Figure("pop correctness violations", sum(gw.violations.values()), "", sum(base.violations.values()),
+               base_name, ratio=math.nan, target=Target("==", 0), is_check=True),
+    ]
 
 
 def report(gw: Phase, base: Phase, args: argparse.Namespace, total_seconds: float, load_average: float) -> None:
@@ -812,7 +828,7 @@ def report(gw: Phase, base: Phase, args: argparse.Namespace, total_seconds: floa
         if p.load_wall else "-")
     row("frames received", lambda p: ", ".join(f"{k} {v:,}" for k, v in sorted(p.frames.items())))
     row("correctness violations", lambda p: str(sum(p.violations.values())))
-    print(_table(rows, ["", "gateway", "bare aiohttp baseline"]))
+    print(table(rows, ["", "gateway", "bare aiohttp baseline"]))
     busy = [p.name for p in (gw, base) if p.load_wall and p.other_cpu / p.load_wall > BUSY_MACHINE]
     if busy:
         print(f"WARNING: other processes used more than {BUSY_MACHINE:.0%} of a core during the {' and the '.join(busy)} "
@@ -825,26 +841,7 @@ def report(gw: Phase, base: Phase, args: argparse.Namespace, total_seconds: floa
                 print(f"  {example}")
     print()
 
-    def met(ok: bool) -> str:
-        return "yes" if ok else "NO"
-
-    g50, b50 = pct(gw.latencies_ms, 50), pct(base.latencies_ms, 50)
-    g99, b99 = pct(gw.latencies_ms, 99), pct(base.latencies_ms, 99)
-    gmax, bmax = max(gw.latencies_ms, default=math.nan), max(base.latencies_ms, default=math.nan)
-    gkib, bkib = per_agent_kib(gw, args.agents), per_agent_kib(base, args.agents)
-    gviol, bviol = sum(gw.violations.values()), sum(base.violations.values())
-    figures = [
-        ["pop latency p50, ms", f"{g50:.2f}", f"{b50:.2f}", _ratio(g50, b50), "-", "-"],
-        ["pop latency p99, ms", f"{g99:.2f}", f"{b99:.2f}", _ratio(g99, b99), f"< {TARGET_P99_MS:g}",
-         met(g99 < TARGET_P99_MS)],
-        ["pop latency max, ms", f"{gmax:.2f}", f"{bmax:.2f}", _ratio(gmax, bmax), "-", "-"],
-        [f"RSS with {args.agents:,} agents, MiB", _mib(gw.rss_agents), _mib(base.rss_agents),
-         _ratio(gw.rss_agents, base.rss_agents), "-", "-"],
-        ["RSS per connected agent, KiB", f"{gkib:.1f}", f"{bkib:.1f}", _ratio(gkib, bkib),
-         f"< {TARGET_KIB_PER_AGENT:g}", met(gkib < TARGET_KIB_PER_AGENT)],
-        ["correctness violations", str(gviol), str(bviol), "-", "0", met(gviol == 0 and bviol == 0)],
-    ]
-    print(_table(figures, ["figure", "value", "baseline", "ratio", "target", "met"]))
+    print(render(figures_of(gw, base, args.agents)))
     print("\nRSS per connected agent = (RSS with N agents connected and idle - RSS with 0 agents, both after "
           "a warm-up) / N.")
     print(f"total time {total_seconds:.1f} s")
@@ -853,7 +850,7 @@ def report(gw: Phase, base: Phase, args: argparse.Namespace, total_seconds: floa
 # -- main -----------------------------------------------------------------------------
 
 
-def _raise_fd_limit(agents: int) -> None:
+def raise_fd_limit(agents: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = 2 * agents + 512  # our clients, plus the server's sockets (the subprocess inherits the limit)
     if soft != resource.RLIM_INFINITY and soft < wanted:
@@ -863,31 +860,37 @@ def _raise_fd_limit(agents: int) -> None:
             print(f"warning: open files limited to {new}; {agents} agents need about {wanted}", file=sys.stderr)
 
 
-async def _main(args: argparse.Namespace) -> int:
-    started = time.perf_counter()
-    load_average = os.getloadavg()[0]
-    _raise_fd_limit(args.agents)
+async def measure(args: argparse.Namespace) -> tuple[Phase, Phase]:
+    """The gateway phase, then the baseline phase fed the gateway's own pop payload."""
+    raise_fd_limit(args.agents)
     loop = asyncio.get_running_loop()
     password = await loop.run_in_executor(None, hash_password, secrets.token_urlsafe(12))
     with tempfile.TemporaryDirectory(prefix="pop-bench-") as tmp:
         workdir = Path(tmp)
         gw = await run_phase("gateway", args, workdir, password, None)
         if gw.template is None:
-            print("the gateway sent no pop at all: nothing to compare", file=sys.stderr)
-            return 1
+            raise CheckFailed("the gateway sent no pop at all: nothing to compare")
         template_path = workdir / "pop-template.json"
         template_path.write_text(json.dumps(gw.template, ensure_ascii=False), encoding="utf-8")
         base = await run_phase("baseline", args, workdir, password, template_path)
+    return gw, base
+
+
+def figures(args: argparse.Namespace) -> list[Figure]:
+    """Run the benchmark, print its detail, return its figures."""
+    started = time.perf_counter()
+    load_average = os.getloadavg()[0]
+    gw, base = asyncio.run(measure(args))
     report(gw, base, args, time.perf_counter() - started, load_average)
     if args.dump is not None:
         with args.dump.open("w", encoding="utf-8") as out:
             out.write("server,t0_s,latency_ms,send_event_ms\n")
             for phase in (gw, base):
                 out.writelines(f"{phase.name},{t:.4f},{lat:.3f},{send:.3f}\n" for t, lat, send in phase.samples)
-    return 1 if gw.violations or base.violations else 0
+    return figures_of(gw, base, args.agents)
 
 
-def main(argv: Iterable[str] | None = None) -> None:
+def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.pop_latency", description=__doc__.split("\n\n")[0])
     parser.add_argument("--agents", type=int, default=2000, help="websocket agents connected (default 2,000)")
     parser.add_argument("--rate", type=float, default=100.0, help="call set-ups per second (default 100)")
@@ -905,12 +908,22 @@ def main(argv: Iterable[str] | None = None) -> None:
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--template", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(None if argv is None else list(argv))
+    if not args.serve_baseline and (args.agents < 3 or args.rate <= 0 or args.seconds <= 0 or args.warmup < 0):
+        parser.error("--agents must be >= 3, --rate and --seconds > 0, --warmup >= 0")
+    return args
+
+
+def main(argv: Iterable[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.serve_baseline:
         asyncio.run(serve_baseline(args.ami_port, args.port, args.template))
         return
-    if args.agents < 3 or args.rate <= 0 or args.seconds <= 0 or args.warmup < 0:
-        parser.error("--agents must be >= 3, --rate and --seconds > 0, --warmup >= 0")
-    sys.exit(asyncio.run(_main(args)))
+    try:
+        result = figures(args)
+    except CheckFailed as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(1)
+    sys.exit(1 if any(f.is_check and f.met is False for f in result) else 0)
 
 
 if __name__ == "__main__":

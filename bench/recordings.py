@@ -8,7 +8,9 @@ and ratios; it never asserts on time.
    mono, 16 bit, like a MixMonitor file) through ``recordings.transcode`` (pydub
    + ffmpeg, mono Opus 24 kbit/s), one after the other. The real-time factor is
    seconds of audio per second of CPU (this process and its ffmpeg children,
-   from ``os.times``), and per second of wall time.
+   from ``os.times``), and per second of wall time. The baseline is the ffmpeg
+   command alone doing the same encoding from a WAV file (what pydub's
+   decoding, resampling to mono and piping add shows in the ratio).
 2. Streaming: one ready recording (the transcoded file) played by
    ``--players`` clients at once, each reading the whole file in Range
    requests of ``--chunk`` bytes, one after the other, through
@@ -23,16 +25,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import os
+import shutil
 import statistics
+import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
+from bench.figures import Figure, render
 from crm_bridge.store import Store
 from gateway.auth import Signer, hash_password
 from gateway.config import HttpConfig
@@ -58,19 +63,40 @@ def source_wav(seconds: float) -> bytes:
         return path.read_bytes()
 
 
-def transcoding(minutes: float, files: int) -> tuple[bytes, float]:
+def _cpu() -> float:
+    """User + system seconds of this process and of its finished children (ffmpeg)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def ffmpeg_floor(wav: bytes, files: int) -> float:
+    """Seconds of CPU for ffmpeg alone doing the same encoding from a file: the baseline."""
+    with tempfile.TemporaryDirectory(prefix="cti-bench-ffmpeg-") as tmp:
+        source = Path(tmp) / "call.wav"
+        source.write_bytes(wav)
+        cpu = _cpu()
+        for _ in range(files):
+            subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(source),
+                            "-ac", "1", "-c:a", "libopus", "-b:a", "24k", "-f", "ogg", str(Path(tmp) / "out.ogg")],
+                           check=True)
+        return _cpu() - cpu
+
+
+def transcoding(minutes: float, files: int) -> tuple[bytes, list[Figure]]:
     wav = source_wav(minutes * 60)
-    cpu0, wall0 = os.times(), time.perf_counter()
+    cpu0, wall0 = _cpu(), time.perf_counter()
     for _ in range(files):
         done = transcode(wav)
-    cpu1, wall = os.times(), time.perf_counter() - wall0
-    cpu = sum(cpu1[:4]) - sum(cpu0[:4])  # user + system, of us and of ffmpeg
+    cpu, wall = _cpu() - cpu0, time.perf_counter() - wall0
+    floor = ffmpeg_floor(wav, files)
     audio = minutes * 60 * files
-    print(f"transcoding: {files} x {minutes:.0f} min WAV ({len(wav) / 1e6:.1f} MB) -> Opus "
+    print(f"transcoding: {files} x {minutes:g} min WAV ({len(wav) / 1e6:.1f} MB) -> Opus "
           f"({len(done.data) / 1e6:.2f} MB, {len(wav) / len(done.data):.0f}x smaller)")
     print(f"  real-time factor: {audio / cpu:.0f}x per CPU second, {audio / wall:.0f}x per wall second "
-          f"(cpu {cpu:.2f} s, wall {wall:.2f} s for {audio / 60:.0f} min of audio)")
-    return done.data, audio / cpu
+          f"(cpu {cpu:.2f} s, wall {wall:.2f} s for {audio / 60:g} min of audio); ffmpeg alone from a file "
+          f"{audio / floor:.0f}x per CPU second (cpu {floor:.2f} s)")
+    return done.data, [Figure("transcoding real-time factor (audio s per CPU s)", audio / cpu, "x", audio / floor,
+                              "ffmpeg alone")]
 
 
 async def lag_ticker(samples: list[float], stop: asyncio.Event) -> None:
@@ -111,7 +137,7 @@ async def stream(url: str, size: int, players: int, chunk: int, headers: dict[st
             "lag_p99": lag[int(len(lag) * 0.99)] * 1000, "lag_max": lag[-1] * 1000}
 
 
-async def streaming(data: bytes, players: int, chunk: int, rounds: int) -> None:
+async def streaming(data: bytes, players: int, chunk: int, rounds: int) -> list[Figure]:
     tmp = Path(tempfile.mkdtemp(prefix="cti-bench-recordings-"))
     directory = tmp / "recordings"
     directory.mkdir()
@@ -157,18 +183,32 @@ async def streaming(data: bytes, players: int, chunk: int, rounds: int) -> None:
     finally:
         await runner.cleanup()
         await store.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [Figure(f"recording ranges/s, {players} players", g["req_s"], "ranges/s", s["req_s"], "static file"),
+            Figure(f"recording range p99, {players} players", g["p99"], "ms", s["p99"], "static file"),
+            Figure("event loop lag p99 while streaming", g["lag_p99"], "ms", s["lag_p99"], "static file")]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.recordings", description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--files", type=int, default=4)
     parser.add_argument("--players", type=int, default=50)
     parser.add_argument("--chunk", type=int, default=64 * 1024)
     parser.add_argument("--rounds", type=int, default=2)
-    args = parser.parse_args()
-    data, _ = transcoding(args.minutes, args.files)
-    asyncio.run(streaming(data, args.players, args.chunk, args.rounds))
+    return parser.parse_args(argv)
+
+
+def figures(args: argparse.Namespace) -> list[Figure]:
+    """Run the benchmark, print its detail, return its figures."""
+    data, result = transcoding(args.minutes, args.files)
+    result += asyncio.run(streaming(data, args.players, args.chunk, args.rounds))
+    print(render(result))
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    figures(parse_args(argv))
 
 
 if __name__ == "__main__":
