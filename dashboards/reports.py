@@ -83,8 +83,8 @@ async def figures(store: Store, plan: NumberPlan, first: date, last: date, *, zo
         "margin_last_touch": 0.0, "cost": 0.0,
     })
     for s, c, calls, answered, missed, abandoned, wait, talk, qualified in await store.read(
-            "SELECT shop, channel, sum(calls), sum(answered), sum(missed), sum(abandoned), sum(wait_sum), "
-            f"sum(talk_sum), sum(qualified) FROM rollup_daily WHERE day BETWEEN ? AND ?{where_shop} "
+            "SELECT shop, channel, sum(calls), sum(answered), sum(missed), sum(abandoned), sum(wait_ms) / 1000.0, "
+            f"sum(talk_ms) / 1000.0, sum(qualified) FROM rollup_daily WHERE day BETWEEN ? AND ?{where_shop} "
             "GROUP BY shop, channel", (a, b, *shop_args)):
         rows[(s, c)].update(calls=calls, answered=answered, missed=missed, abandoned=abandoned, wait_sum=wait,
                             talk_seconds=talk, qualified=qualified)

@@ -1,10 +1,12 @@
 """Daily roll-ups of inbound calls per (day, shop, channel), kept as calls are stored.
 
 Reports over a year of calls read a few thousand roll-up rows instead of a
-million calls. A roll-up row is never incremented: each time a call of its
-key is stored (or gets its result), the row is *recomputed* from that key's
-calls in the same transaction, so a call stored twice, late or out of order
-never counts twice. Unique callers cannot be summed from daily counts: the
+million calls. Each inbound call's part of its day's and hour's rows is kept
+(``rollup_parts``); when the call is stored again (or gets its result) its old
+part is subtracted and the new one added in the same transaction, so a call
+stored twice, late or out of order never counts twice, and storing a call
+costs the same however many calls its day has. Sums are whole milliseconds:
+integers do not drift. Unique callers cannot be summed from daily counts: the
 (shop, channel, day, caller) set is kept for exact counts over any period.
 ``rebuild`` recomputes everything (after an upgrade, or to check).
 """
@@ -22,30 +24,42 @@ from gateway.record import CallRecord
 
 Statement = tuple[str, tuple[Any, ...]]
 
-_KEY = "(SELECT day, coalesce(shop, '') AS shop, coalesce(channel, '') AS channel FROM calls WHERE call_id = ?1)"
-_OF_KEY = ("c.day = k.day AND coalesce(c.shop, '') = k.shop AND coalesce(c.channel, '') = k.channel "
-           "AND c.direction = 'inbound'")
-_DAILY = (
-    "INSERT INTO rollup_daily (day, shop, channel, calls, answered, missed, abandoned, wait_sum, talk_sum, qualified) "
-    "SELECT k.day, k.shop, k.channel, count(c.call_id), "
-    "coalesce(sum(c.outcome = 'answered'), 0), coalesce(sum(c.outcome = 'missed'), 0), "
-    "coalesce(sum(c.outcome = 'abandoned'), 0), "
-    "coalesce(sum(CASE WHEN c.outcome = 'answered' THEN c.ring_seconds ELSE 0 END), 0), "
-    "coalesce(sum(c.talk_seconds), 0), "
-    "coalesce(sum(r.result IN (SELECT value FROM json_each(?2))), 0) "
-    f"FROM {_KEY} AS k JOIN calls AS c ON {_OF_KEY} LEFT JOIN call_results AS r ON r.call_id = c.call_id "
-    "WHERE k.day IS NOT NULL GROUP BY k.day, k.shop, k.channel "
-    "ON CONFLICT (day, shop, channel) DO UPDATE SET calls = excluded.calls, answered = excluded.answered, "
-    "missed = excluded.missed, abandoned = excluded.abandoned, wait_sum = excluded.wait_sum, "
-    "talk_sum = excluded.talk_sum, qualified = excluded.qualified"
+# The call's contribution, as a rollup_parts row (?1 the call, ?2 the qualified results as JSON).
+_PART = (
+    "SELECT c.call_id, c.day, c.hour, coalesce(c.shop, ''), coalesce(c.channel, ''), c.outcome = 'answered', "
+    "c.outcome = 'missed', c.outcome = 'abandoned', "
+    "CASE WHEN c.outcome = 'answered' THEN CAST(round(c.ring_seconds * 1000) AS INTEGER) ELSE 0 END, "
+    "CAST(round(c.talk_seconds * 1000) AS INTEGER), "
+    "coalesce(r.result IN (SELECT value FROM json_each(?2)), 0) "
+    "FROM calls AS c LEFT JOIN call_results AS r ON r.call_id = c.call_id "
+    "WHERE c.direction = 'inbound' AND c.day IS NOT NULL AND c.hour IS NOT NULL"
 )
-_HOURS = (
+_OLD = "FROM rollup_parts AS p WHERE p.call_id = ?1"
+# A call stored again: its old part leaves its rows (rows left empty go), the new one comes in.
+_UNDO = [
+    "UPDATE rollup_daily AS d SET calls = d.calls - 1, answered = d.answered - p.answered, "
+    "missed = d.missed - p.missed, abandoned = d.abandoned - p.abandoned, wait_ms = d.wait_ms - p.wait_ms, "
+    f"talk_ms = d.talk_ms - p.talk_ms, qualified = d.qualified - p.qualified {_OLD} "
+    "AND (d.day, d.shop, d.channel) = (p.day, p.shop, p.channel)",
+    f"UPDATE rollup_hours AS h SET calls = h.calls - 1, missed = h.missed - p.missed - p.abandoned {_OLD} "
+    "AND (h.day, h.hour, h.shop, h.channel) = (p.day, p.hour, p.shop, p.channel)",
+    f"DELETE FROM rollup_daily WHERE calls = 0 AND (day, shop, channel) IN (SELECT p.day, p.shop, p.channel {_OLD})",
+    f"DELETE FROM rollup_hours WHERE calls = 0 AND (day, hour, shop, channel) IN "
+    f"(SELECT p.day, p.hour, p.shop, p.channel {_OLD})",
+    "DELETE FROM rollup_parts WHERE call_id = ?1",
+]
+_DO = [
+    f"INSERT INTO rollup_parts {_PART} AND c.call_id = ?1",
+    "INSERT INTO rollup_daily (day, shop, channel, calls, answered, missed, abandoned, wait_ms, talk_ms, qualified) "
+    "SELECT day, shop, channel, 1, answered, missed, abandoned, wait_ms, talk_ms, qualified FROM rollup_parts "
+    "WHERE call_id = ?1 ON CONFLICT (day, shop, channel) DO UPDATE SET calls = calls + 1, "
+    "answered = answered + excluded.answered, missed = missed + excluded.missed, "
+    "abandoned = abandoned + excluded.abandoned, wait_ms = wait_ms + excluded.wait_ms, "
+    "talk_ms = talk_ms + excluded.talk_ms, qualified = qualified + excluded.qualified",
     "INSERT INTO rollup_hours (day, hour, shop, channel, calls, missed) "
-    "SELECT k.day, c.hour, k.shop, k.channel, count(*), sum(c.outcome IN ('missed', 'abandoned')) "
-    f"FROM {_KEY} AS k JOIN calls AS c ON {_OF_KEY} AND c.hour = (SELECT hour FROM calls WHERE call_id = ?1) "
-    "WHERE k.day IS NOT NULL GROUP BY k.day, c.hour, k.shop, k.channel "
-    "ON CONFLICT (day, hour, shop, channel) DO UPDATE SET calls = excluded.calls, missed = excluded.missed"
-)
+    "SELECT day, hour, shop, channel, 1, missed + abandoned FROM rollup_parts WHERE call_id = ?1 "
+    "ON CONFLICT (day, hour, shop, channel) DO UPDATE SET calls = calls + 1, missed = missed + excluded.missed",
+]
 ALL = "*"  # caller_days' key for "every shop" / "every channel"
 _CALLER = (
     "INSERT INTO caller_days (shop, channel, day, customer) "
@@ -96,25 +110,23 @@ class Rollups:
                 *self.refresh(record.call_id)]
 
     def refresh(self, call_id: str) -> list[Statement]:
-        """Recompute the roll-ups of the call's key (after its result changed, too)."""
-        return [(_DAILY, (call_id, self.qualified)), (_HOURS, (call_id,)), (_UNCOUNT, (call_id,)),
-                (_CALLER, (call_id,)), (_PREV_DAYS, (call_id,)), (_COUNT, (call_id,))]
+        """Move the call's part of the roll-ups to what it is now (after its result changed, too)."""
+        return [*((sql, (call_id,)) for sql in _UNDO), (_DO[0], (call_id, self.qualified)),
+                *((sql, (call_id,)) for sql in _DO[1:]),
+                (_UNCOUNT, (call_id,)), (_CALLER, (call_id,)), (_PREV_DAYS, (call_id,)), (_COUNT, (call_id,))]
 
 
-# OR REPLACE / OR IGNORE: a call stored meanwhile may have recomputed its key already.
+# OR REPLACE / OR IGNORE: a call stored meanwhile may have written its part already.
+_DAY_PARTS = f"INSERT OR REPLACE INTO rollup_parts {_PART} AND c.day = ?1"
 _DAY_DAILY = (
-    "INSERT OR REPLACE INTO rollup_daily (day, shop, channel, calls, answered, missed, abandoned, wait_sum, talk_sum, qualified) "
-    "SELECT c.day, coalesce(c.shop, ''), coalesce(c.channel, ''), count(*), sum(c.outcome = 'answered'), "
-    "sum(c.outcome = 'missed'), sum(c.outcome = 'abandoned'), "
-    "sum(CASE WHEN c.outcome = 'answered' THEN c.ring_seconds ELSE 0 END), sum(c.talk_seconds), "
-    "coalesce(sum(r.result IN (SELECT value FROM json_each(?2))), 0) "
-    "FROM calls AS c LEFT JOIN call_results AS r ON r.call_id = c.call_id "
-    "WHERE c.day = ?1 AND c.direction = 'inbound' GROUP BY 1, 2, 3"
+    "INSERT OR REPLACE INTO rollup_daily (day, shop, channel, calls, answered, missed, abandoned, wait_ms, talk_ms, "
+    "qualified) SELECT day, shop, channel, count(*), sum(answered), sum(missed), sum(abandoned), sum(wait_ms), "
+    "sum(talk_ms), sum(qualified) FROM rollup_parts WHERE day = ?1 GROUP BY day, shop, channel"
 )
 _DAY_HOURS = (
     "INSERT OR REPLACE INTO rollup_hours (day, hour, shop, channel, calls, missed) "
-    "SELECT day, hour, coalesce(shop, ''), coalesce(channel, ''), count(*), sum(outcome IN ('missed', 'abandoned')) "
-    "FROM calls WHERE day = ?1 AND direction = 'inbound' GROUP BY 1, 2, 3, 4"
+    "SELECT day, hour, shop, channel, count(*), sum(missed + abandoned) FROM rollup_parts WHERE day = ?1 "
+    "GROUP BY day, hour, shop, channel"
 )
 _DAY_CALLERS = (
     "INSERT OR IGNORE INTO caller_days (shop, channel, day, customer) "
@@ -154,10 +166,12 @@ async def rebuild(store: Store, rollups: Rollups, *, progress: Callable[[str, in
         if progress is not None:
             progress("calls", done, total)
     days = [day for (day,) in await store.read("SELECT DISTINCT day FROM calls WHERE day IS NOT NULL ORDER BY day")]
-    await store.write(("DELETE FROM rollup_daily", ()), ("DELETE FROM rollup_hours", ()),
-                      ("DELETE FROM caller_days", ()), ("DELETE FROM caller_day_counts", ()))
+    await store.write(("DELETE FROM rollup_parts", ()), ("DELETE FROM rollup_daily", ()),
+                      ("DELETE FROM rollup_hours", ()), ("DELETE FROM caller_days", ()),
+                      ("DELETE FROM caller_day_counts", ()))
     for n, day in enumerate(days, start=1):
-        await store.write((_DAY_DAILY, (day, rollups.qualified)), (_DAY_HOURS, (day,)), (_DAY_CALLERS, (day,)))
+        await store.write((_DAY_PARTS, (day, rollups.qualified)), (_DAY_DAILY, (day,)), (_DAY_HOURS, (day,)),
+                          (_DAY_CALLERS, (day,)))
         if progress is not None:
             progress("days", n, len(days))
     await store.write((_ALL_PREV_DAYS, ()), ("DELETE FROM caller_day_counts", ()), (_ALL_COUNTS, ()))

@@ -22,9 +22,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
+import aiosqlite
 import pytest
 
 from crm_bridge.contacts import Contacts
+from crm_bridge.migrations import MIGRATIONS, migrate
 from crm_bridge.store import Store
 from dashboards.deals import Deals, parse_deal
 from dashboards.reports import channel_report
@@ -438,7 +440,7 @@ def raw_figures(records: dict[str, CallRecord], results: dict[str, str], plan: N
         dict[tuple[str, str, str], tuple[Any, ...]], dict[tuple[str, str, str, int], tuple[int, int]],
         set[tuple[str, str, str, str, str | None]]]:
     """The roll-ups' figures worked out from the records themselves."""
-    daily: dict[tuple[str, str, str], list[Any]] = defaultdict(lambda: [0, 0, 0, 0, 0.0, 0.0, 0])
+    daily: dict[tuple[str, str, str], list[Any]] = defaultdict(lambda: [0, 0, 0, 0, 0, 0, 0])  # sums in ms
     hours: dict[tuple[str, str, str, int], list[int]] = defaultdict(lambda: [0, 0])
     callers: set[tuple[str, str, str, str]] = set()
     for r in records.values():
@@ -448,8 +450,8 @@ def raw_figures(records: dict[str, CallRecord], results: dict[str, str], plan: N
         d = daily[key]
         d[0] += 1
         d[1 + ("answered", "missed", "abandoned").index(r.outcome)] += 1
-        d[4] += r.ring_seconds if r.outcome == "answered" else 0
-        d[5] += r.talk_seconds
+        d[4] += round(r.ring_seconds * 1000) if r.outcome == "answered" else 0
+        d[5] += round(r.talk_seconds * 1000)
         d[6] += results.get(r.call_id) == "order"
         h = hours[(*key, local.hour)]
         h[0] += 1
@@ -470,7 +472,7 @@ def raw_figures(records: dict[str, CallRecord], results: dict[str, str], plan: N
 async def rollup_tables(store: Store) -> tuple[Any, ...]:
     return (
         {(r[0], r[1], r[2]): tuple(r[3:]) for r in await store.read(
-            "SELECT day, shop, channel, calls, answered, missed, abandoned, wait_sum, talk_sum, qualified "
+            "SELECT day, shop, channel, calls, answered, missed, abandoned, wait_ms, talk_ms, qualified "
             "FROM rollup_daily")},
         {(r[0], r[1], r[2], r[3]): (r[4], r[5]) for r in await store.read(
             "SELECT day, shop, channel, hour, calls, missed FROM rollup_hours")},
@@ -524,6 +526,35 @@ async def test_roll_ups_equal_the_raw_figures_after_a_random_stream_and_a_rebuil
         assert progress[-1] in ((300, 300), ("days", days_called, days_called))
         assert ("calls", 300, 300) in progress or (300, 300) in progress
         assert await rollup_tables(w.store) == kept
+
+
+async def test_an_upgraded_file_gets_its_roll_up_parts_from_its_calls(tmp_path: Path) -> None:
+    """Migration 13 (roll-ups kept by parts) fills the parts and the rows from a
+    version-12 file's calls: a report after the upgrade equals one after a rebuild."""
+    rng = random.Random(13)
+    plan = fortnight_plan()
+    async with world(tmp_path, plan) as w:
+        final = random_calls(rng, 120)
+        await w.feed(final)
+        results = {r.call_id: rng.choice(("order", "info")) for r in rng.sample(final, 40)}
+        for call_id, result in results.items():
+            await w.result(call_id, result)
+        rebuilt = await rollup_tables(w.store)
+    path = tmp_path / "gw.sqlite3"
+    async with aiosqlite.connect(path) as db:  # back to version 12's roll-up tables, then the upgrade again
+        await db.executescript(
+            "DROP TABLE rollup_parts; DROP TABLE rollup_daily; CREATE TABLE rollup_daily (day TEXT NOT NULL, "
+            "shop TEXT NOT NULL, channel TEXT NOT NULL, calls INTEGER NOT NULL, answered INTEGER NOT NULL, "
+            "missed INTEGER NOT NULL, abandoned INTEGER NOT NULL, wait_sum REAL NOT NULL, talk_sum REAL NOT NULL, "
+            "qualified INTEGER NOT NULL, PRIMARY KEY (day, shop, channel)) WITHOUT ROWID; "
+            "DELETE FROM rollup_hours; PRAGMA user_version = 12;")
+        assert await migrate(db, MIGRATIONS) == 13
+    store = await Store.open(path)
+    try:
+        assert await rollup_tables(store) == rebuilt
+        assert sum(v[0] for v in rebuilt[0].values()) == 120
+    finally:
+        await store.close()
 
 
 # -- the routes, through the whole app ------------------------------------------------
