@@ -26,6 +26,7 @@ from connectors.ami.dialer import AmiDialer
 from connectors.ami.fastagi import AgiRequest, Decide, FastAgiServer
 from connectors.ami.link import AmiLink, LinkSettings
 from connectors.ami.normalise import AmiNormaliser, ChannelClassifier
+from connectors.ami.rights import ExcessiveRights, Policy, rights_guard
 from crm_bridge.backup import backup_store
 from crm_bridge.contacts import Contacts, e164
 from crm_bridge.store import Store, StoreError
@@ -342,7 +343,16 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
         clock=time.time,
         wrap_up_seconds=routing.wrap_up_seconds,
     )
-    link = AmiLink(settings)
+    refused: list[ExcessiveRights] = []
+
+    def refuse(exc: ExcessiveRights) -> None:
+        """The AMI user may do too much: stop, exit 2 (``[ami] excessive_rights = "warn"`` to run anyway)."""
+        refused.append(exc)
+        log.critical("%s; stopping ([ami] excessive_rights = \"warn\" runs anyway)", exc)
+        done.set()
+
+    policy: Policy = "warn" if config.ami is not None and config.ami.excessive_rights == "warn" else "refuse"
+    link = AmiLink(settings, on_login=rights_guard(policy, refuse))
     # Click-to-call: one Originate per request, through the dialplan's [click-to-call].
     click_to_call = ClickToCall(store, AmiDialer(link, dial_string=routing.dial_string), plans, directory, time.time,
                                 region=http.default_region, contacts=contacts)
@@ -498,6 +508,9 @@ async def _serve(config: Config, settings: LinkSettings, *, stop_after: int = 0,
         await gateway.drain()
         await bridge.close()
         await store.close()
+    if refused:
+        print(f"cti-gateway: {refused[0]}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -52,6 +52,7 @@ class AmiConfig:
     login_timeout: float = 5.0
     recording_variable: str = "RECFILE"
     did_variable: str = "DID"
+    excessive_rights: str = "refuse"  # or "warn": the AMI user holds system/command/config write rights
 
 
 DEFAULT_CALL_RESULTS = ("order", "question", "complaint", "spam", "wrong_number")
@@ -265,7 +266,10 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None, environ: Mappi
             login_timeout=r.seconds("login_timeout", 5.0),
             recording_variable=r.text("recording_variable", "RECFILE"),
             did_variable=r.text("did_variable", "DID"),
+            excessive_rights=r.text("excessive_rights", "refuse"),
         )
+        if ami.excessive_rights not in ("refuse", "warn"):
+            raise r._fail("excessive_rights", '"refuse" or "warn"', ami.excessive_rights)
         r.check_unknown()
 
     r = table("http")

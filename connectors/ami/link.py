@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from connectors.ami.codec import AmiCodec, AmiMessage, encode_action
 from connectors.ami.normalise import AmiNormaliser
+from connectors.ami.rights import dangerous_rights, excess_message
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,6 @@ class LinkSettings:
 
 OnLogin = Callable[["AmiLink"], Awaitable[None]]
 
-# Write classes a call-logging gateway must not hold (least privilege).
-DANGEROUS_WRITE_CLASSES = frozenset({"system", "command", "config"})
 # After every login: what rights do we have, and what does the PBX hold now?
 # The list actions' items arrive as events, in order with the live ones.
 RESYNC_ACTIONS = ("CoreShowChannels", "QueueStatus")
@@ -175,9 +174,9 @@ class AmiLink:
         """Connect and keep connecting until closed."""
         delay = self.settings.backoff_initial
         while not self._closing:
+            logins = self.connects
             try:
                 await self._session()
-                delay = self.settings.backoff_initial
             except AmiLoginError as exc:
                 self.last_error = str(exc)
                 self._login_error = exc
@@ -192,6 +191,11 @@ class AmiLink:
                 log.warning("AMI link to %s:%s lost: %s", self.settings.host, self.settings.port, self.last_error)
             if self._closing:
                 break
+            if self.connects > logins:
+                # That session logged in: its loss starts a new streak. (Sessions
+                # only end by raising, so without this the backoff would stay
+                # at its maximum after a few drops, months apart.)
+                delay = self.settings.backoff_initial
             pause = delay * (0.5 + self._rng.random())  # full jitter around the backoff
             log.info("AMI reconnect in %.2f s", pause)
             await asyncio.sleep(pause)
@@ -299,13 +303,9 @@ class AmiLink:
         except AmiActionError as exc:
             log.warning("AMI ListCommands refused (%s): cannot check the AMI user's rights", exc.message)
         else:
-            self.write_rights = _dangerous_rights(commands)
+            self.write_rights = dangerous_rights(commands)
             if self.write_rights:
-                log.warning(
-                    "AMI user %r holds write rights it does not need: %s. Remove them from manager.conf "
-                    "(least privilege: read = all, write = originate,reporting)",
-                    self.settings.username, ", ".join(sorted(self.write_rights)),
-                )
+                log.warning("%s", excess_message(self.settings.username, self.write_rights))
         for name in RESYNC_ACTIONS:
             try:
                 await self._send(writer, name, None, None)
@@ -391,19 +391,3 @@ class AmiLink:
             if not future.done():
                 future.set_exception(AmiLinkLost(f"{name}: {reason}; not re-sent"))
 
-
-def _dangerous_rights(commands: AmiMessage) -> frozenset[str]:
-    """Dangerous write classes we hold, from the actions ListCommands allows us.
-
-    Asterisk lists an action when the user holds ANY of its classes, so only an
-    action that needs exactly one class ("Command (Priv: command,all)") proves
-    that class is granted.
-    """
-    found: set[str] = set()
-    for value in commands.values():
-        for item in [value] if isinstance(value, str) else value:
-            _, marker, privs = item.rpartition("(Priv:")
-            classes = {p.strip() for p in privs.rstrip(") ").split(",")} - {"all", "<none>", ""}
-            if marker and len(classes) == 1:
-                found |= classes
-    return frozenset(found & DANGEROUS_WRITE_CLASSES)

@@ -307,6 +307,8 @@ class AmiNormaliser:
         return [PbxRestarted(at)]
 
     def _fully_booted(self, msg: AmiMessage, at: float) -> list[CallEvent]:
+        # A new session: a listing the old one lost mid-way never completes.
+        self._listing.clear()
         try:
             uptime: float | None = float(_str(msg, "Uptime"))
         except ValueError:

@@ -30,9 +30,12 @@ accepted and nothing is ever said, as during an Asterisk start-up),
 ``close_after_banner``, ``uptime`` (FullyBooted's Uptime; set it lower to
 simulate a restart), ``drop_clients()`` (abort every connection, keep
 listening), ``shutdown_event()`` (Asterisk's Shutdown event, then the sockets
-close) and ``freeze()`` (existing sessions stop reading and writing without
-closing: a half-open connection). ``connection_times`` and ``logins`` count
-what clients did.
+close), ``freeze()`` (existing sessions stop reading and writing without
+closing: a half-open connection), ``cut_after(action, replies)`` (the next
+such action is answered in part, then the connection closes: a cut during
+the login or the resync) and ``cut_mid_message(message, at)`` (the PBX emits
+an event, the connection breaks inside it). ``connection_times`` and
+``logins`` count what clients did.
 
 Delivery rules: each client has its own bounded write queue and writer task.
 ``send_event`` waits while a client is more than ``high_water`` bytes behind,
@@ -593,6 +596,7 @@ class AmiServer:
         self._handlers: set[asyncio.Task[None]] = set()
         self._event_clients = asyncio.Event()
         self._booted = time.monotonic() - uptime
+        self._cuts: dict[str, int] = {}  # lower-case action -> replies sent before the cut
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -690,6 +694,25 @@ class AmiServer:
         for client in list(self._clients):
             client.freeze()
         self._update_event_clients()
+
+    def cut_after(self, action: str, replies: int = 0) -> None:
+        """The next time a client sends ``action``, write only the first
+        ``replies`` messages of its answer, then close that connection (FIN):
+        a link cut during its login (``Login``, 0) or its resync
+        (``CoreShowChannels``, some of the channels). One-shot."""
+        self._cuts[action.lower()] = max(0, replies)
+
+    async def cut_mid_message(self, message: Mapping[str, str | list[str]], at: int) -> None:
+        """The PBX emits ``message`` (the live table follows it) but every
+        connection breaks after its first ``at`` bytes: clients see half an
+        event, then the connection is aborted."""
+        data = encode_message(message)
+        self.live.observe(message)
+        self._broadcast(data[: max(0, min(at, len(data) - 1))], events_only=True)
+        await self._backpressure()
+        for client in list(self._clients):
+            client.close_when_flushed()  # the half message is written, then FIN
+        await self._wait_sessions(list(self._clients))
 
     async def _wait_sessions(self, clients: Sequence[_Client]) -> None:
         tasks = [c.task for c in clients if c.task is not None and not c.task.done()]
@@ -882,9 +905,16 @@ class AmiServer:
             # Asterisk pauses before "Authentication failed" to slow password
             # guessing; only this session waits.
             await asyncio.sleep(self.failed_login_delay)
+        cut = self._cuts.pop(name, None)
+        if cut is not None:
+            replies = replies[:cut]
         action_id = _header(message, "ActionID")
         for reply in replies:
             client.enqueue(encode_message(self._with_action_id(reply, action_id)))
+        if cut is not None:
+            log.info("AMI client %s cut after %d message(s) of its %s", client.remote_address, len(replies), action)
+            client.close_when_flushed()
+            return
         if name == "login":
             await self._after_login(client, message, replies)
         elif name == "logoff":
