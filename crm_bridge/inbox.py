@@ -8,6 +8,7 @@ the calls it still has to rebuild.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,15 @@ from connectors.webhook import Request
 from .store import Store
 
 Statement = tuple[str, tuple[Any, ...]]
+
+
+def _insert(provider: str, account: str, dedup_key: str, call_key: str | None, request: Request) -> Statement:
+    return (
+        "INSERT INTO webhook_inbox (provider, account, dedup_key, call_key, received_at, path, query, body, done) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (provider, account, dedup_key) DO NOTHING",
+        (provider, account, dedup_key, call_key, request.received_at, request.path, request.query, request.body,
+         int(call_key is None)),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,12 +47,13 @@ class Inbox:
 
     async def put(self, provider: str, account: str, dedup_key: str, call_key: str | None, request: Request) -> None:
         """Keep the request; returns once committed. A request of no call is done at once."""
-        await self.store.write((
-            "INSERT INTO webhook_inbox (provider, account, dedup_key, call_key, received_at, path, query, body, done) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (provider, account, dedup_key) DO NOTHING",
-            (provider, account, dedup_key, call_key, request.received_at, request.path, request.query, request.body,
-             int(call_key is None)),
-        ))
+        await self.store.write(_insert(provider, account, dedup_key, call_key, request))
+
+    def put_nowait(self, provider: str, account: str, dedup_key: str, call_key: str | None,
+                   request: Request) -> asyncio.Future[None]:
+        """Like ``put``, but never waits for room in the store's queue
+        (``StoreFull`` at once); the future is done once committed."""
+        return self.store.write_nowait(_insert(provider, account, dedup_key, call_key, request))
 
     async def history(self, call: CallRef) -> list[Stored]:
         """Every request of the call, in the order they arrived."""

@@ -7,8 +7,17 @@ writer task takes saves from a bounded queue and commits whatever has gathered
 transaction, so a burst costs a few fsyncs, not one per call.
 
 Calls are keyed by ``call_id``: saving a call again updates its row in place
-(the later save wins) and replaces its legs. A failed commit fails every save
-in that batch with ``StoreError``; the writer carries on with the next batch.
+(the later save wins) and replaces its legs.
+
+A commit that fails for a passing reason (the file locked by another process,
+the disk full, an I/O error) is retried with backoff, the same batch, for as
+long as it takes (``close`` gives up after ``close_grace``): savers keep
+waiting, nothing is dropped, and new saves queue behind it up to
+``queue_max``; then ``save_call`` waits for room and ``write_nowait`` refuses
+at once with ``StoreFull`` (a webhook answers 503). Any other failure is the
+data's or the code's: the batch is split until the save at fault fails alone
+with ``StoreError`` and the others commit. The metrics read ``queue_depth``,
+``commit_failures`` and ``is_retrying``.
 
 All SQLite work runs off the event loop: the writer on a thread of its own
 with a plain sqlite3 connection (a batch is one call into that thread),
@@ -22,6 +31,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -37,15 +47,25 @@ from gateway.record import CallRecord, LegRecord
 from . import migrations
 from .migrations import MigrationError, migrate
 
-__all__ = ["Store", "StoreError"]
+__all__ = ["Store", "StoreError", "StoreFull"]
 
 log = logging.getLogger(__name__)
 
 QUEUE_MAX = 10_000
+RETRY_FIRST = 0.05  # seconds before the first retry of a commit that failed for a passing reason
+RETRY_MAX = 2.0  # the backoff's ceiling (a locked file also waits busy_timeout inside each attempt)
+CLOSE_GRACE = 10.0  # seconds close() lets a failing commit go on retrying before failing what is left
+# SQLite's primary result codes of a commit that may succeed later, unchanged:
+# BUSY, LOCKED (another connection or process), IOERR, FULL (the disk), CANTOPEN.
+_PASSING = {5, 6, 10, 13, 14}
 
 
 class StoreError(Exception):
     """The call store could not do what was asked; the message names the file."""
+
+
+class StoreFull(StoreError):
+    """``write_nowait`` found the queue full: nothing was queued; try again later."""
 
 
 _CALL_COLUMNS = (
@@ -150,6 +170,7 @@ class Store:
 
     path: Path
     commits: int  # write transactions committed so far (shows batching)
+    commit_failures: int  # commit attempts that failed, retried or not (metrics)
 
     def __init__(
         self,
@@ -159,16 +180,23 @@ class Store:
         *,
         batch_max: int,
         batch_delay: float,
+        queue_max: int,
+        close_grace: float,
     ) -> None:
         # Use ``Store.open``: this only wires up connections that are ready.
         self.path = path
         self.commits = 0
+        self.commit_failures = 0
+        self.queue_max = queue_max
+        self._close_grace = close_grace
         self._writer_thread = writer
         self._reader_db = reader_db
         self._batch_max = batch_max
         self._batch_delay = batch_delay
         # None is the writer's stop signal, put by close() after the last save.
-        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue(maxsize=QUEUE_MAX)
+        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue(maxsize=queue_max)
+        self._retrying = False
+        self._give_up_at: float | None = None  # set by close(): when retrying stops
         self._closing = False
         self._closed = False
         self._close_lock = asyncio.Lock()
@@ -188,14 +216,20 @@ class Store:
         batch_max: int = 500,
         batch_delay: float = 0.005,
         busy_timeout_ms: int = 5000,
+        queue_max: int = QUEUE_MAX,
+        close_grace: float = CLOSE_GRACE,
     ) -> Store:
         """Open (creating if needed) the store at ``path`` and bring its schema up to date.
 
         ``busy_timeout_ms`` is how long a statement waits for another
-        connection's lock before failing.
+        connection's lock before the attempt fails (and is retried);
+        ``queue_max``: saves that may wait for the writer; ``close_grace``:
+        how long ``close`` lets a failing commit go on retrying.
         """
         if batch_max < 1:
             raise ValueError(f"batch_max must be at least 1, not {batch_max}")
+        if queue_max < 1:
+            raise ValueError(f"queue_max must be at least 1, not {queue_max}")
         if batch_delay < 0:
             raise ValueError(f"batch_delay must not be negative, not {batch_delay}")
         path = Path(path)
@@ -241,7 +275,18 @@ class Store:
             await writer.close()
             raise
 
-        return cls(path, writer, reader_db, batch_max=batch_max, batch_delay=batch_delay)
+        return cls(path, writer, reader_db, batch_max=batch_max, batch_delay=batch_delay, queue_max=queue_max,
+                   close_grace=close_grace)
+
+    @property
+    def queue_depth(self) -> int:
+        """Saves waiting for the writer (not counting the batch it is writing)."""
+        return self._queue.qsize()
+
+    @property
+    def is_retrying(self) -> bool:
+        """The writer is retrying a commit that failed for a passing reason."""
+        return self._retrying
 
     async def save_call(self, record: CallRecord, *, also: Sequence[tuple[str, tuple[Any, ...]]] = ()) -> None:
         """Store ``record`` (replacing an earlier version of the call); return once committed.
@@ -275,6 +320,20 @@ class Store:
         if self._closing:
             raise StoreError(f"{self.path}: the call store is closed; write not done")
         await self._enqueue(None, tuple(statements))
+
+    def write_nowait(self, *statements: tuple[str, tuple[Any, ...]]) -> asyncio.Future[None]:
+        """Queue statements like ``write`` but never wait for room: ``StoreFull``
+        at once when the queue is full (a webhook then answers 503 rather than
+        hold its provider). The future is done once committed."""
+        if self._closing:
+            raise StoreError(f"{self.path}: the call store is closed; write not done")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        try:
+            # Queued ahead of close()'s stop signal (that comes after _closing), so always written.
+            self._queue.put_nowait(_Pending(None, done, tuple(statements)))
+        except asyncio.QueueFull:
+            raise StoreFull(f"{self.path}: {self.queue_max} writes are waiting already; write not queued") from None
+        return done
 
     async def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         """Rows of one query on the reader connection (a committed snapshot)."""
@@ -376,6 +435,8 @@ class Store:
     async def close(self) -> None:
         """Write every save already accepted, stop the writer, close the file. Idempotent."""
         self._closing = True  # refuse new saves from here on
+        if self._give_up_at is None:  # a commit that keeps failing must not hold the shutdown for ever
+            self._give_up_at = asyncio.get_running_loop().time() + self._close_grace
         async with self._close_lock:
             if self._closed:
                 return
@@ -425,28 +486,65 @@ class Store:
         return False
 
     async def _commit(self, batch: list[_Pending]) -> None:
-        try:
-            await self._write(batch)
-        except asyncio.CancelledError:
-            # The writer is being torn down from outside (loop shutdown): the
-            # batch may or may not have been committed, so say so.
-            self._fail(batch, "the call store writer was cancelled; the record may not be saved")
-            raise
-        except Exception as exc:  # rolled back already, in the writer's thread
-            if not self._failing:
-                log.warning("%s: commit of %d call record(s) failed: %s", self.path, len(batch), exc)
-                self._failing = True
+        """Commit ``batch``: retry a passing failure until it goes (or close
+        gives up); split the batch on any other, so only the save at fault fails."""
+        delay = RETRY_FIRST
+        failure: Exception | None = None
+        passing = False
+        while True:
+            try:
+                try:
+                    await self._write(batch)
+                    failure = None
+                    break
+                except Exception as exc:  # rolled back already, in the writer's thread
+                    failure = exc
+                self.commit_failures += 1
+                passing = _is_passing(failure)
+                self._log_failure(batch, failure, passing)
+                if not passing or self._giving_up():
+                    break
+                self._retrying = True
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, RETRY_MAX)
+            except asyncio.CancelledError:
+                # The writer is being torn down from outside (loop shutdown): the
+                # batch may or may not have been committed, so say so.
+                self._fail(batch, "the call store writer was cancelled; the record may not be saved")
+                raise
+        self._retrying = False
+        if failure is not None:
+            if not passing and len(batch) > 1:
+                half = len(batch) // 2  # in order: a later save of a call still wins
+                await self._commit(batch[:half])
+                await self._commit(batch[half:])
             else:
-                log.debug("%s: commit of %d call record(s) failed: %s", self.path, len(batch), exc)
-            self._fail(batch, f"commit of a batch of {len(batch)} call record(s) failed", exc)
+                self._fail(batch, f"commit of a batch of {len(batch)} call record(s) failed", failure)
             return
         if self._failing:
-            log.warning("%s: commits succeed again", self.path)
+            log.warning("%s: commits succeed again (%d failed attempt(s) so far)", self.path, self.commit_failures)
             self._failing = False
         self.commits += 1
         for pending in batch:
             if not pending.done.done():
                 pending.done.set_result(None)
+
+    def _giving_up(self) -> bool:
+        return self._give_up_at is not None and asyncio.get_running_loop().time() >= self._give_up_at
+
+    def _log_failure(self, batch: Sequence[_Pending], exc: Exception, passing: bool) -> None:
+        # Once per run of failures (a locked file fails every attempt for as long as it is held).
+        giving_up = passing and self._giving_up()
+        if giving_up:
+            what = "the store is closing: these saves fail"
+        elif passing:
+            what = "retrying; saves wait, nothing is dropped"
+        else:
+            what = "not a passing failure: the save at fault fails alone"
+        level = logging.DEBUG if self._failing and not giving_up else logging.WARNING
+        log.log(level, "%s: commit of %d call record(s) failed: %s (%s; %d queued behind it)",
+                self.path, len(batch), exc, what, self._queue.qsize())
+        self._failing = True
 
     async def _write(self, batch: Sequence[_Pending]) -> None:
         # Several saves of one call in a batch: the last one wins (dict keeps
@@ -487,6 +585,12 @@ class Store:
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError(f"{self.path}: the call store is closed")
+
+
+def _is_passing(exc: Exception) -> bool:
+    """A failure that the same batch may not meet again later (see _PASSING)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.OperationalError) and code is not None and code & 0xFF in _PASSING
 
 
 # -- the writer's thread ----------------------------------------------------

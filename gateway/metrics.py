@@ -4,10 +4,11 @@ label: labels take values from small closed sets (outcomes, results) or from
 the config (shop ids, ad channels, provider names).
 
 Most families are kept by the parts they describe (hub, service, webhooks).
-Two kinds need a task of their own, ``Metrics.watch``: the event loop's lag
-(how late a periodic sleep wakes up) and the backlogs that live on disk (the
-webhook inbox, the recording jobs), counted with a cheap indexed query every
-``count_every`` seconds. Every family is documented in ``dashboards/README.md``.
+``Metrics.watch`` points the store writer's gauges at the store, and runs
+what needs a task of its own: the event loop's lag (how late a periodic sleep
+wakes up) and the backlogs that live on disk (the webhook inbox, the
+recording jobs), counted with a cheap indexed query every ``count_every``
+seconds. Every family is documented in ``dashboards/README.md``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from crm_bridge.outbox import OUTBOX_COUNTS
 
 log = logging.getLogger(__name__)
 
-LAG_EVERY = 0.5  # seconds between two loop-lag measurements
+# Seconds between two loop-lag measurements: a stall of S seconds shows as at
+# least S - LAG_EVERY (it may begin just before a wake-up was due).
+LAG_EVERY = 0.1
 LAG_WINDOW = 30.0  # the lag gauge shows the worst lag of this many seconds (two scrapes at 15 s)
 COUNT_EVERY = 15.0  # seconds between two counts of the backlogs on disk
 
@@ -42,6 +45,17 @@ class Reader(Protocol):
     """What the backlog counts need of the store (``crm_bridge.store.Store``)."""
 
     async def read(self, sql: str, params: tuple[Any, ...] = ...) -> Any: ...
+
+
+class WatchedStore(Reader, Protocol):
+    """What ``watch`` reads of the store: its backlogs, and its writer's state."""
+
+    commit_failures: int
+
+    @property
+    def queue_depth(self) -> int: ...
+    @property
+    def is_retrying(self) -> bool: ...
 
 
 class Metrics:
@@ -97,6 +111,14 @@ class Metrics:
                                  "by sink", ["sink"], registry=r)
         self.outbox_oldest = Gauge("cti_outbox_oldest_seconds", "Age of the oldest entry waiting for delivery, "
                                    "by sink", ["sink"], registry=r)
+        # -- store (read from the Store by ``watch``)
+        self.store_queue = Gauge("cti_store_queue_depth", "Writes waiting for the store's writer (bounded; "
+                                 "webhooks get 503 while it is full)", registry=r)
+        self.store_commit_failures = Gauge("cti_store_commit_failures",
+                                           "Failed commit attempts of the store since start (retried when "
+                                           "passing: locked, disk full, I/O error)", registry=r)
+        self.store_retrying = Gauge("cti_store_retrying",
+                                    "1 while the store's writer retries a failed commit (saves wait)", registry=r)
         # -- process
         self.loop_lag = Gauge("cti_event_loop_lag_seconds",
                               f"Worst lateness of a periodic wake-up over the last {LAG_WINDOW:.0f} s", registry=r)
@@ -118,8 +140,13 @@ class Metrics:
         now = time.monotonic()
         return max((lag for at, lag in self._lags if now - at <= LAG_WINDOW), default=0.0)
 
-    async def watch(self, store: Reader, *, lag_every: float = LAG_EVERY, count_every: float = COUNT_EVERY) -> None:
-        """Until cancelled: measure the loop's lag and count the backlogs on disk."""
+    async def watch(self, store: WatchedStore, *, lag_every: float = LAG_EVERY,
+                    count_every: float = COUNT_EVERY) -> None:
+        """Until cancelled: measure the loop's lag and count the backlogs on disk;
+        the store's writer gauges read the store at each scrape."""
+        self.store_queue.set_function(lambda: store.queue_depth)
+        self.store_commit_failures.set_function(lambda: store.commit_failures)
+        self.store_retrying.set_function(lambda: int(store.is_retrying))
         await asyncio.gather(self.watch_loop_lag(every=lag_every), self._count_every(store, count_every))
 
     async def watch_loop_lag(self, *, every: float = LAG_EVERY) -> None:

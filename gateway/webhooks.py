@@ -15,6 +15,12 @@ stores (accepted, duplicate) or cannot store (unavailable); a middleware counts
 the requests the connector answered without delivering, by their status
 (401 refused_signature, other 4xx refused_other, 5xx unavailable, 2xx
 ignored). So the connectors only answer, as before, and know nothing of metrics.
+
+When the store cannot keep up (its queue is full: ``StoreFull``, or a write has
+not committed within ``deadline``: ``StoreBusy``; the file locked, the disk
+full) ``deliver`` raises; the connector answers 503 and the middleware adds
+``Retry-After``. A write that missed the deadline still lands later and its
+request is then processed; the provider's retry is absorbed as a duplicate.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from connectors.sipuni import SipuniConnector
 from connectors.twilio import TwilioConnector
 from connectors.zadarma import ZadarmaConnector
 from crm_bridge.inbox import CallRef, Inbox
+from crm_bridge.store import StoreFull
 from gateway.config import WebhookAccount, WebhooksConfig
 from gateway.effects import CallFinished, Effect
 from gateway.histories import CallHistories
@@ -52,6 +59,12 @@ SWEEP_EVERY = 600.0
 # inbox's UNIQUE key is what absorbs duplicates). A repeat older than this, or
 # from before a restart, is counted as accepted.
 SEEN_KEYS = 10_000
+DELIVER_DEADLINE = 2.0  # seconds a request waits for its commit before the provider is told to retry
+RETRY_AFTER = 5  # seconds, in the Retry-After of a 503
+
+
+class StoreBusy(Exception):
+    """The request was not stored in time; the provider should send it again."""
 
 
 @dataclass
@@ -112,8 +125,10 @@ class Webhooks:
     """The ``Intake`` every connector delivers to, and the consumer behind it."""
 
     def __init__(self, gateway: Gateway, inbox: Inbox, connectors: Mapping[str, Connector],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *, deadline: float = DELIVER_DEADLINE) -> None:
         self.gateway = gateway
+        self.deadline = deadline
+        self._busy = False  # answering 503s: logged once per run
         self.clock = clock
         self.inbox = inbox
         self.connectors = dict(connectors)
@@ -124,7 +139,7 @@ class Webhooks:
         self.processed = 0  # requests turned into effects (tests and metrics)
         self._idle = asyncio.Event()
         self._idle.set()
-        self._writes: set[asyncio.Task[None]] = set()
+        self._writes: set[asyncio.Future[None]] = set()  # inbox writes under way in the background
         self._open: dict[CallRef, float] = {}  # calls without their record yet -> when last heard of
         self.metrics = gateway.metrics
         self.metrics.webhook_queue.set_function(self._queue.qsize)
@@ -149,6 +164,7 @@ class Webhooks:
             delivery = _Delivery()
             token = _DELIVERY.set(delivery)  # seen by ``deliver``: the handler runs in this task
             status = 500
+            response: web.StreamResponse | None = None
             try:
                 response = await handler(request)
                 status = response.status
@@ -160,6 +176,8 @@ class Webhooks:
                 _DELIVERY.reset(token)
                 if not delivery.counted:
                     self.metrics.webhook_request(parts[2], _result_of(status))
+                if status == 503 and response is not None:  # every connector's "not stored, send again"
+                    response.headers["Retry-After"] = str(RETRY_AFTER)
 
         return count
 
@@ -172,17 +190,45 @@ class Webhooks:
             self._seen.popitem(last=False)
         if (delivery := _DELIVERY.get()) is not None:
             delivery.counted = True
+        write: asyncio.Future[None] | None = None
         try:
-            await self.inbox.put(provider, account, accepted.dedup_key, accepted.call_key, request)
-        except BaseException:
+            write = self.inbox.put_nowait(provider, account, accepted.dedup_key, accepted.call_key, request)
+            try:
+                await asyncio.wait_for(asyncio.shield(write), self.deadline)
+            except asyncio.TimeoutError:
+                raise StoreBusy(f"the store has not committed the request within {self.deadline:g} s") from None
+        except BaseException as exc:
             if not duplicate:
                 self._seen.pop(seen, None)  # not stored: its next delivery is not a repeat
             self.metrics.webhook_request(provider, "unavailable")
+            if write is not None and not write.done():  # it commits later: then it is processed
+                self._writes.add(write)
+                write.add_done_callback(lambda done: self._landed(done, provider, account, accepted, request))
+            if isinstance(exc, (StoreBusy, StoreFull)):
+                self._note_busy(exc)
             raise
+        if self._busy:
+            log.warning("webhooks: requests are stored again")
+            self._busy = False
         self.metrics.webhook_request(provider, "duplicate" if duplicate else "accepted")
+        self._enqueue(provider, account, accepted, request)
+
+    def _enqueue(self, provider: str, account: str, accepted: Accepted, request: Request) -> None:
         if accepted.call_key is not None:
             self._idle.clear()
             self._queue.put_nowait((CallRef(provider, account, accepted.call_key), accepted.dedup_key, request))
+
+    def _landed(self, write: asyncio.Future[None], provider: str, account: str, accepted: Accepted,
+                request: Request) -> None:
+        """A write that missed its deadline has finished: process its request if stored."""
+        self._writes.discard(write)
+        if not write.cancelled() and write.exception() is None:
+            self._enqueue(provider, account, accepted, request)
+
+    def _note_busy(self, exc: Exception) -> None:
+        if not self._busy:
+            log.warning("webhooks: answering 503 with Retry-After %d s: %s", RETRY_AFTER, exc)
+            self._busy = True
 
     async def recover(self) -> int:
         """Queue every call the inbox holds unfinished (after a crash); how many."""
@@ -246,8 +292,11 @@ class Webhooks:
 
     async def idle(self) -> None:
         """Wait until every queued request has been processed (tests, shutdown)."""
-        await self._idle.wait()
-        while self._writes:
+        while True:
+            await self._idle.wait()
+            if not self._writes:
+                return
+            # (a late inbox write that lands queues its request: wait for that too)
             await asyncio.gather(*list(self._writes), return_exceptions=True)
 
     def _written(self, task: asyncio.Task[None]) -> None:
