@@ -56,6 +56,7 @@ from yarl import URL
 
 from connectors.download import MAX_RECORDING, ProviderClient, RecordingFetchFailed, fetch, file_of
 from connectors.webhook import (
+    LATEST,
     Accepted,
     Account,
     Decide,
@@ -63,6 +64,7 @@ from connectors.webhook import (
     Request,
     WebhookRejected,
     account_of,
+    plausible_time,
     read_body,
     rejected_response,
     with_plus,
@@ -302,8 +304,10 @@ class _Facts:
 
 
 def _positive(value: Any) -> float | None:
+    """A time (epoch seconds); None for 0 (Mango's "never") or one no call can have."""
     number = _int(value)
-    return float(number) if number is not None and number > 0 else None
+    # Compared as an int first: float() of a JSON integer of 400 digits raises.
+    return plausible_time(float(number)) if number is not None and 0 < number < LATEST else None
 
 
 def facts(history: Sequence[Request]) -> _Facts:
@@ -332,7 +336,7 @@ def facts(history: Sequence[Request]) -> _Facts:
                 _int(event.get("call_direction")), _party(event.get("from")), _party(event.get("to")),
                 _text(event.get("line_number")), _positive(event.get("create_time")),
                 _positive(event.get("forward_time")),
-                float(talk) if (talk := _int(event.get("talk_time"))) is not None else None,
+                0.0 if (talk := _int(event.get("talk_time"))) == 0 else _positive(talk),
                 _positive(event.get("end_time")), _int(event.get("entry_result")),
                 _int(event.get("disconnect_reason"))))
         elif request.path == RECORDING and (recording := _text(event.get("recording_id"))) is not None:
@@ -623,7 +627,7 @@ class MangoConnector:
                 await intake.deliver(self.name, account.name, Request(path, request.query_string, body, clock()),
                                      accepted)
             except Exception as exc:
-                log.error("%s %s: %s not stored, Mango will have to resend it: %s", self.name, account.name,
+                log.warning("%s %s: %s not stored, Mango will have to resend it: %s", self.name, account.name,
                           path, exc)
                 return web.json_response({"error": "store_unavailable", "message": "try again"}, status=503)
             if path == ROUTE_RESULT:

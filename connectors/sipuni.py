@@ -505,7 +505,7 @@ class SipuniConnector:
             try:
                 await intake.deliver(self.name, account.name, stored, accepted)
             except Exception as exc:
-                log.error("%s %s: event not stored, Sipuni will have to resend it: %s", self.name, account.name, exc)
+                log.warning("%s %s: event not stored, Sipuni will have to resend it: %s", self.name, account.name, exc)
                 return _refused(WebhookRejected(503, "store_unavailable", "try again"))
             return web.json_response(SUCCESS)
 

@@ -84,6 +84,8 @@ from connectors.webhook import (
     Request,
     WebhookRejected,
     account_of,
+    plausible_duration,
+    plausible_time,
     read_body,
     rejected_response,
 )
@@ -177,7 +179,8 @@ def check(token: str, prefixes: Sequence[str], kind: str, query: str, body: byte
     if not header:
         raise WebhookRejected(401, "bad_signature", "no X-Twilio-Signature header")
     suffix = f"/{kind}" + (f"?{query}" if query else "")
-    given = header.strip().encode()
+    # aiohttp keeps header bytes that are not UTF-8 as surrogates: encoded back, not a 500.
+    given = header.strip().encode("utf-8", "surrogateescape")
     # Every variant is compared (no early exit), so the time taken says nothing.
     matches = [hmac.compare_digest(given, signature(token, prefix + suffix, pairs).encode()) for prefix in prefixes]
     if not any(matches):
@@ -329,12 +332,14 @@ def _stamp(value: str | None) -> float | None:
         moment = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()  # "-0000": UTC
+    # "-0000": UTC. A year Twilio cannot mean (0001, 9999 west of UTC): None.
+    return plausible_time((moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp())
 
 
 def _number(value: str | None) -> float | None:
+    """A duration in seconds; None if unreadable or longer than any call."""
     try:
-        return float(value) if value else None
+        return plausible_duration(float(value)) if value else None
     except ValueError:
         return None
 
@@ -663,7 +668,7 @@ class TwilioConnector:
             except Exception as exc:
                 if routing is not None:
                     routing.cancel()
-                log.error("%s %s: %s not stored, Twilio will have to send it again: %s", self.name, account.name,
+                log.warning("%s %s: %s not stored, Twilio will have to send it again: %s", self.name, account.name,
                           kind, exc)
                 return web.json_response({"error": "store_unavailable", "message": "try again"}, status=503)
             if kind == "dial-action":

@@ -27,6 +27,8 @@ from gateway.events import CallEvent
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024  # the largest callback any of these providers sends is a few KiB
+LATEST = 253_402_300_799.0  # 9999-12-31T23:59:59Z: the last second datetime can hold
+MAX_DURATION = 7 * 86400.0  # seconds: a longer talk or call is not believed
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,18 @@ def with_plus(raw: str | None) -> str | None:
     if raw.isdigit() and len(raw) >= 11 and not raw.startswith("8"):
         return "+" + raw
     return raw
+
+
+def plausible_time(at: float | None) -> float | None:
+    """A provider's time (epoch seconds) if a call can have it, else None: a
+    record with a time before 1970 or beyond datetime's range (nan, 1e20) could
+    not be stored, and the call would be lost."""
+    return at if at is not None and 0 < at < LATEST else None
+
+
+def plausible_duration(seconds: float | None) -> float | None:
+    """A provider's duration if a call can last that long (0 to MAX_DURATION), else None."""
+    return seconds if seconds is not None and 0 <= seconds <= MAX_DURATION else None
 
 
 def account_of(request: web.Request, accounts: Mapping[str, Account], provider: str) -> Account:

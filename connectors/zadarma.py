@@ -68,6 +68,8 @@ from connectors.webhook import (
     Request,
     WebhookRejected,
     account_of,
+    plausible_duration,
+    plausible_time,
     read_body,
     rejected_response,
     with_plus,
@@ -143,7 +145,10 @@ def _parsed(body: bytes) -> tuple[tuple[str, str], ...]:
 
 @lru_cache(maxsize=1024)
 def _local_time(text: str, zone: str) -> float:
-    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=ZoneInfo(zone)).timestamp()
+    at = plausible_time(datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=ZoneInfo(zone)).timestamp())
+    if at is None:
+        raise ValueError(f"{text} is before 1970 or too late")
+    return at
 
 
 def check(account: Account, body: bytes, header: str | None) -> Accepted | None:
@@ -157,7 +162,9 @@ def check(account: Account, body: bytes, header: str | None) -> Accepted | None:
     if missing:
         raise WebhookRejected(400, "bad_event", f"{event} without {', '.join(missing)}")
     expected = signature(account.secrets["secret"], fields, event)
-    if header is None or not hmac.compare_digest(header.strip(), expected):
+    # Bytes, not str: compare_digest refuses a str with non-ASCII characters (a 500).
+    given = (header or "").strip().encode("utf-8", "surrogateescape")
+    if header is None or not hmac.compare_digest(given, expected.encode()):
         raise WebhookRejected(401, "bad_signature", "the Signature header does not match the body")
     call = fields.get("pbx_call_id", "")
     if not call:
@@ -224,10 +231,15 @@ def facts(history: Sequence[Request], zone: str) -> _Facts:
             f.ended_at = request.received_at
             f.disposition = fields.get("disposition", "")
             try:
-                f.duration = max(0.0, float(fields.get("duration") or 0))
-                f.cause = int(fields["status_code"]) if fields.get("status_code") else None
+                duration = float(fields.get("duration") or 0)
+                cause = int(fields["status_code"]) if fields.get("status_code") else None
             except ValueError:
+                duration, cause = 0.0, None
                 log.warning("zadarma: unreadable duration or status_code in call %s", fields.get("pbx_call_id"))
+            # Out of range is no call's (nan, 1e308 seconds, a cause beyond Q.850's 127):
+            # kept, it would make the record impossible to store.
+            f.duration = plausible_duration(duration) or 0.0
+            f.cause = cause if cause is not None and 0 <= cause <= 127 else None
             if event == "NOTIFY_END" and f.disposition == "answered" and _is_extension(fields.get("internal")):
                 f.answered_by = f.answered_by or fields["internal"]
             if fields.get("is_recorded") == "1" and fields.get("call_id_with_rec"):
@@ -403,7 +415,7 @@ class ZadarmaConnector:
             except Exception as exc:
                 if routing is not None:
                     routing.cancel()
-                log.error("%s %s: event not stored, the provider will have to resend it: %s", self.name,
+                log.warning("%s %s: event not stored, the provider will have to resend it: %s", self.name,
                           account.name, exc)
                 return web.json_response({"error": "store_unavailable", "message": "try again"}, status=503)
             reply = await routing if routing is not None else {}

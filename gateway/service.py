@@ -191,22 +191,12 @@ class Gateway:
                 log.warning("click-to-call request of call %s not read: %s", record.call_id, exc)
         # What follows from the call (its contact, callback task, KPI points) is
         # written in the call's own transaction.
-        also = list(extra)
-        if self.bridge is not None:  # first: the call's own event comes before a task it opens
-            placed_by = (record.caller,) if record.direction != "inbound" and record.caller else ()
-            people = dict.fromkeys((*placed_by, *record.rang, *record.talked,
-                                    *((record.answered_by,) if record.answered_by else ())))
-            agents = {ext: login for ext in people if (login := self._login_of(ext)) is not None}
-            also += self.bridge.statements(crm_events.finished(record, agents=agents))
-        if self.contacts is not None and record.customer is not None:
-            also += self.contacts.call_statements(record, record.customer, shop=record.shop, channel=record.channel,
-                                                  manager_of=self._login_of)
-        if self.followup is not None:
-            also += self.followup.call_statements(record)
-        if self.rollups is not None:
-            also += self.rollups.call_statements(record)
-        if self.collector is not None and record.recording_path:
-            also += job_statements(record.call_id, record.recording_path, self.collector.clock())
+        try:
+            also = list(extra) + self._follow_up(record)
+        except Exception:  # a value no rule expected: the call is stored all the same
+            log.exception("call %s: what follows from it could not be worked out; storing the call alone",
+                          record.call_id)
+            also = list(extra)
         try:
             await self.store.save_call(record, also=also)
         except StoreError as exc:
@@ -227,6 +217,25 @@ class Gateway:
             self.bridge.poke()
         if self._on_record is not None:
             self._on_record(record)
+
+    def _follow_up(self, record: CallRecord) -> list[Statement]:
+        also: list[Statement] = []
+        if self.bridge is not None:  # first: the call's own event comes before a task it opens
+            placed_by = (record.caller,) if record.direction != "inbound" and record.caller else ()
+            people = dict.fromkeys((*placed_by, *record.rang, *record.talked,
+                                    *((record.answered_by,) if record.answered_by else ())))
+            agents = {ext: login for ext in people if (login := self._login_of(ext)) is not None}
+            also += self.bridge.statements(crm_events.finished(record, agents=agents))
+        if self.contacts is not None and record.customer is not None:
+            also += self.contacts.call_statements(record, record.customer, shop=record.shop, channel=record.channel,
+                                                  manager_of=self._login_of)
+        if self.followup is not None:
+            also += self.followup.call_statements(record)
+        if self.rollups is not None:
+            also += self.rollups.call_statements(record)
+        if self.collector is not None and record.recording_path:
+            also += job_statements(record.call_id, record.recording_path, self.collector.clock())
+        return also
 
     async def drain(self) -> None:
         """Wait until every finished call handed to the store is written."""

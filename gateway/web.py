@@ -393,6 +393,8 @@ async def _authenticate(request: web.Request, ws: web.WebSocketResponse) -> User
     except asyncio.TimeoutError:
         await refuse(CLOSE_AUTH, "auth_failed", "no auth frame")
         return None
+    if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+        return None  # gone, or closed by aiohttp: a frame of 4 KiB or more (1009), text not UTF-8 (1007)
     frame = _parse_frame(message.data) if message.type is WSMsgType.TEXT else None
     if frame is None or frame.get("type") != "auth" or not isinstance(frame.get("token"), str):
         await refuse(CLOSE_BAD_FRAME, "bad_frame", 'the first frame must be {"type": "auth", "token": "..."}')
@@ -413,6 +415,6 @@ async def _authenticate(request: web.Request, ws: web.WebSocketResponse) -> User
 def _parse_frame(data: Any) -> dict[str, Any] | None:
     try:
         frame = json.loads(data)
-    except (json.JSONDecodeError, TypeError, UnicodeDecodeError):
+    except (ValueError, TypeError, RecursionError):  # not JSON, or nested too deep for the parser
         return None
     return frame if isinstance(frame, dict) else None

@@ -91,6 +91,10 @@ class ChannelClassifier:
         return result
 
 
+_LATEST = 253_402_300_799.0  # 9999-12-31T23:59:59Z: later is no time of a call (nor of datetime)
+_LONGEST = 366 * 86400  # seconds: a channel "up" for longer is a garbled Duration
+
+
 def _str(msg: AmiMessage, key: str) -> str:
     value = msg.get(key, "")
     return value if isinstance(value, str) else (value[0] if value else "")
@@ -106,12 +110,13 @@ def _looks_like_number(value: str | None) -> bool:
 
 
 def _duration(text: str) -> float:
-    """``HH:MM:SS`` -> seconds (0 when unreadable)."""
+    """``HH:MM:SS`` -> seconds (0 when unreadable, or longer than a channel lives)."""
     try:
         hours, minutes, seconds = (int(part) for part in text.split(":"))
     except ValueError:
         return 0.0
-    return float(hours * 3600 + minutes * 60 + seconds)
+    total = hours * 3600 + minutes * 60 + seconds
+    return float(total) if 0 <= total <= _LONGEST else 0.0
 
 
 def chan_variable(msg: AmiMessage, name: str, header: str = "ChanVariable") -> str | None:
@@ -186,13 +191,15 @@ class AmiNormaliser:
         if handler is None:
             return []
         stamp = msg.get("Timestamp")
-        at: float
+        at: float | None = None
         if isinstance(stamp, str) and stamp:
             try:
                 at = float(stamp)
             except ValueError:
-                at = received_at if received_at is not None else self._clock()
-        else:
+                pass
+            if at is not None and not 0 <= at < _LATEST:
+                at = None  # nan, inf, 1e308: no time a record could be stored with
+        if at is None:
             at = received_at if received_at is not None else self._clock()
         return handler(msg, at)
 
@@ -250,6 +257,8 @@ class AmiNormaliser:
             cause: int | None = int(_str(msg, "Cause"))
         except ValueError:
             cause = None
+        if cause is not None and not 0 <= cause <= 127:
+            cause = None  # no Q.850 cause; a huge one could not even be stored
         return [LegHungUp(_str(msg, "Linkedid"), _str(msg, "Uniqueid"), at, cause, cause_text)]
 
     def _queue_join(self, msg: AmiMessage, at: float) -> list[CallEvent]:
