@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 
 from panoramisk.ami_protocol import AMIProtocol  # type: ignore[import-untyped]
 
-from bench.figures import CheckFailed, Figure, Target, render, table
+from bench.figures import CheckFailed, Figure, Target, render, run_alone, table
 from connectors.ami.codec import AmiCodec
 from connectors.ami.normalise import AmiNormaliser
 from crm_bridge.store import Store
@@ -531,11 +531,7 @@ def figures(args: argparse.Namespace) -> list[Figure]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    try:
-        figures(parse_args(argv))
-    except CheckFailed as exc:
-        print(exc)
-        sys.exit(1)
+    run_alone(figures, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -11,11 +11,13 @@ printed at all.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import platform
 import subprocess
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -168,3 +170,12 @@ def commit() -> str:
 def machine() -> str:
     return (f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
             f"{platform.python_implementation()} {platform.python_version()}")
+
+
+def run_alone(figures_of: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> None:
+    """A benchmark module run on its own: its figures, or exit status 1 with the check that failed."""
+    try:
+        figures_of(args)
+    except CheckFailed as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(1)

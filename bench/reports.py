@@ -31,7 +31,6 @@ import os
 import random
 import shutil
 import sqlite3
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -40,7 +39,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from bench.figures import REPO, CheckFailed, Figure, Target, render
+from bench.figures import CheckFailed, Figure, REPO, Target, render, run_alone
 from crm_bridge.store import Store
 from dashboards.reports import channel_report
 from dashboards.rollups import Rollups, rebuild
@@ -211,11 +210,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    try:
-        figures(parse_args(argv))
-    except CheckFailed as exc:
-        print(exc, file=sys.stderr)
-        sys.exit(1)
+    run_alone(figures, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -57,7 +57,6 @@ import platform
 import pstats
 import random
 import sqlite3
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -68,7 +67,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from bench.figures import CheckFailed, Figure, Target, render
+from bench.figures import CheckFailed, Figure, Target, render, run_alone
 from crm_bridge.contacts import _MANAGER_FOR, Assignment, Contacts, e164
 from crm_bridge.store import Store
 from gateway.config import Config, load_config
@@ -685,11 +684,7 @@ def figures(args: argparse.Namespace) -> list[Figure]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    try:
-        figures(parse_args(argv))
-    except CheckFailed as exc:
-        print(exc, file=sys.stderr)
-        sys.exit(1)
+    run_alone(figures, parse_args(argv))
 
 
 if __name__ == "__main__":

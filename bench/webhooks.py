@@ -33,7 +33,6 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -43,7 +42,7 @@ from urllib.parse import parse_qsl, urlencode
 import aiohttp
 from aiohttp import web
 
-from bench.figures import CheckFailed, Figure, Target, render
+from bench.figures import CheckFailed, Figure, Target, render, run_alone
 from connectors.zadarma import signature
 from crm_bridge.contacts import Contacts
 from crm_bridge.inbox import Inbox
@@ -197,11 +196,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    try:
-        figures(parse_args(argv))
-    except CheckFailed as exc:
-        print(exc, file=sys.stderr)
-        sys.exit(1)
+    run_alone(figures, parse_args(argv))
 
 
 if __name__ == "__main__":
