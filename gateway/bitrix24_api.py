@@ -14,12 +14,12 @@ the same click again, and a click must never dial twice.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 
 from aiohttp import web
 
+from connectors.webhook import WebhookRejected, read_body, rejected_response
 from crm_bridge.sinks.bitrix24 import Bitrix24Sink, BitrixEventError, CallStart, parse_call_start
 from gateway.click_to_call import MAX_REQUEST_ID, ClickToCall, ClickToCallError
 from gateway.crm_api import BRIDGE
@@ -27,7 +27,6 @@ from gateway.web import CLICK_TO_CALL, _json_error
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 64 * 1024
 _STATUS = {"bad_token": web.HTTPUnauthorized, "bad_request": web.HTTPBadRequest}
 
 
@@ -39,7 +38,10 @@ async def events(request: web.Request) -> web.Response:
     sink = request.app[BRIDGE].sinks.get(request.match_info["name"])
     if not isinstance(sink, Bitrix24Sink) or sink.config.application_token is None:
         raise _json_error(web.HTTPNotFound, "not_found", "no Bitrix24 sink of that name takes events")
-    body = await _body(request)
+    try:
+        body = await read_body(request)  # the webhooks' limit (64 KiB) and 413
+    except WebhookRejected as exc:
+        return rejected_response(exc)
     try:
         start = parse_call_start(body, sink.config)
     except BitrixEventError as exc:
@@ -84,20 +86,3 @@ def _shop_of_line(click_to_call: ClickToCall, sink: Bitrix24Sink, line_number: s
         if sink.config.line_number(number) == line_number:
             return line.shop.shop_id
     return None
-
-
-async def _body(request: web.Request) -> bytes:
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise _too_large(request.content_length)
-    body = bytearray()
-    while chunk := await request.content.read(MAX_BODY):
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise _too_large(len(body))
-    return bytes(body)
-
-
-def _too_large(size: int) -> web.HTTPException:
-    # HTTPRequestEntityTooLarge takes the sizes first; _json_error cannot make one.
-    return web.HTTPRequestEntityTooLarge(MAX_BODY, size, content_type="application/json",
-                                         text=json.dumps({"error": "too_large", "message": f"at most {MAX_BODY} bytes"}))
