@@ -53,22 +53,15 @@ from crm_bridge.store import Store
 from gateway.record import CallRecord
 from gateway.service import Gateway
 from tests.harness import Harness
+from tests.test_ami_link import FAST as LINK_FAST
 from tests.test_ami_link import call_id_of, interleave, until
 from tests.test_ami_server import capture_messages
 from tests.test_hub import STOPPED, TALKED, running, story, tab
 
 SECRET = "gateway-secret"
-FAST: dict[str, Any] = {
-    "connect_timeout": 1.0,
-    "banner_timeout": 1.0,
-    "login_timeout": 1.0,
-    "action_timeout": 2.0,
-    "ping_interval": 5.0,
-    "ping_timeout": 1.0,
-    "backoff_initial": 0.01,
-    "backoff_max": 30.0,  # as in production: a backoff that never resets would stall the 100 cuts
-    "login_retry": 0.5,
-}
+# test_ami_link's short deadlines, with production's backoff ceiling: a backoff that never resets
+# would stall the 100 cuts.
+FAST: dict[str, Any] = {**LINK_FAST, "backoff_initial": 0.01, "backoff_max": 30.0}
 RESYNC = ("ListCommands", "CoreShowChannels", "QueueStatus")
 # Real calls, played whole; their FullyBooted/SuccessfulAuth belong to the recording session.
 CAPTURED_CALLS = ("a_answered", "b_missed", "e_queue_answered", "f_queue_abandoned", "h1_blind_transfer",
