@@ -87,3 +87,20 @@ def test_check_config_command_exits_nonzero_on_bad_config(tmp_path: Path) -> Non
                             capture_output=True, text=True, cwd=REPO, env={"AMI_SECRET": "x", "PATH": ""})
     assert result.returncode == 2
     assert "[ami] port" in result.stderr and str(path) in result.stderr
+
+
+def test_the_example_s_commented_crm_sinks_are_valid_once_uncommented(tmp_path: Path) -> None:
+    """config/example.toml shows one sink of each kind, commented out: uncommented, they load."""
+    text = (REPO / "config" / "example.toml").read_text(encoding="utf-8")
+    start, end = text.index("# [crm]\n"), text.index("[recordings]")
+    block = "\n".join(line[2:] if line.startswith("# ") else "" if line == "#" else line
+                      for line in text[start:end].splitlines())
+    config_file = tmp_path / "gateway.toml"
+    config_file.write_text(text[:start] + block + "\n" + text[end:], encoding="utf-8")
+    env = {"CTI_AMI_SECRET": "s3cret", "CTI_HTTP_SECRET": "0123456789abcdef-http", "CTI_ZADARMA_SECRET": "z",
+           "CTI_ERP_WEBHOOK_SECRET": "x" * 24, "CTI_B24_WEBHOOK": "https://example.bitrix24.ru/rest/1/c0de/",
+           "CTI_B24_APP_TOKEN": "app-token", "CTI_AMO_TOKEN": "amo-token", "CTI_1C_PASSWORD": "1c-password"}
+    config = load_config(config_file, environ=env)
+    assert [(sink.kind, sink.name) for sink in config.crm.sinks] == [
+        ("webhook", "erp"), ("bitrix24", "b24"), ("amocrm", "amo"), ("onec", "1c")]
+    assert config.crm.public_base_url == "https://cti.example.ru"
