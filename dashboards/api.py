@@ -27,7 +27,7 @@ from gateway.followup_api import FOLLOWUP
 from gateway.kpi import day_bounds, local_day
 from gateway.numberplan import PlanBook
 from gateway.users import Role
-from gateway.web import CLOCK, STORE, _json_body, _json_error, _require
+from gateway.web import CLOCK, STORE, _json_body, _json_error, _require, store_unavailable
 
 MAX_DAYS = 366
 MAX_CSV = 10 * 1024 * 1024
@@ -54,18 +54,14 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/reports/agents", agents)
 
 
-def _unavailable() -> web.HTTPException:
-    return _json_error(web.HTTPServiceUnavailable, "store_unavailable", "the store is not answering, try again")
-
-
 async def _answer(work: Callable[[], Awaitable[dict[str, Any]]]) -> web.StreamResponse:
     """The JSON of ``work()``; 400 naming the field for bad input, 503 when the store fails."""
     try:
         return web.json_response(await work())
     except DealError as exc:
         raise _json_error(web.HTTPBadRequest, "bad_field", str(exc)) from None
-    except StoreError:
-        raise _unavailable() from None
+    except StoreError as exc:
+        raise store_unavailable("a deal or cost", exc) from None
 
 
 async def post_deal(request: web.Request) -> web.StreamResponse:
@@ -130,8 +126,8 @@ async def channels(request: web.Request) -> web.StreamResponse:
     try:
         report = await channel_report(request.app[STORE], reports.plans.current, first, last, zone=reports.zone,
                                       shop=shop, roi_basis=reports.roi_basis)
-    except StoreError:
-        raise _unavailable() from None
+    except StoreError as exc:
+        raise store_unavailable("the channel report", exc) from None
     if request.query.get("format") != "csv":
         return web.json_response(report)
     out = io.StringIO()
@@ -176,6 +172,6 @@ async def agents(request: web.Request) -> web.StreamResponse:
                         "missed_on_phone": missed, "talk_seconds": round(talk, 1), "points": points.get("total", 0.0),
                         "target": points.get("daily_target", 0.0) * days, "callbacks": callbacks,
                         "callbacks_in_sla": in_sla})
-    except StoreError:
-        raise _unavailable() from None
+    except StoreError as exc:
+        raise store_unavailable("the agent report", exc) from None
     return web.json_response({"from": first.isoformat(), "to": last.isoformat(), "agents": out})

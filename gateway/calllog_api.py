@@ -54,7 +54,7 @@ from gateway.followup_api import FOLLOWUP
 from gateway.kpi import MAX_REPORT_DAYS, day_bounds, local_day
 from gateway.record import iso
 from gateway.users import Directory, Role, User
-from gateway.web import CLOCK, DIRECTORY, HTTP, STORE, _json_error, _require
+from gateway.web import CLOCK, DIRECTORY, HTTP, STORE, _json_error, _require, store_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -353,11 +353,6 @@ def _flag(value: Any) -> str:
 # -- the route ------------------------------------------------------------------------------------
 
 
-def _unavailable(exc: StoreError) -> web.HTTPException:
-    log.error("call log: %s", exc)
-    return _json_error(web.HTTPServiceUnavailable, "store_unavailable", "the store is not answering, try again")
-
-
 async def call_log(request: web.Request) -> web.StreamResponse:
     user = _require(request, [Role.MANAGER, Role.ADMIN])
     fmt = request.query.get("format", "json")
@@ -378,7 +373,7 @@ async def call_log(request: web.Request) -> web.StreamResponse:
                                 "LIMIT ? OFFSET ?", (*params, limit, offset))
         tasks = await _tasks_of(store, page)
     except StoreError as exc:
-        raise _unavailable(exc) from None
+        raise store_unavailable("call log", exc) from None
     return web.json_response({
         "calls": [rows.to_json(row, tasks.get(str(row[0]))) for row in page],
         "total": int(total), "limit": limit, "offset": offset,
@@ -401,7 +396,7 @@ async def _export(request: web.Request, store: Store, rows: Rows, f: LogFilter, 
         page = await _export_page(store, clause, params, None)
         tasks = await _tasks_of(store, page)
     except StoreError as exc:
-        raise _unavailable(exc) from None
+        raise store_unavailable("call log", exc) from None
     response = web.StreamResponse(headers={
         "Content-Type": "text/csv; charset=utf-8",
         "Content-Disposition": f'attachment; filename="calls-{f.first.isoformat()}-{f.last.isoformat()}.csv"',

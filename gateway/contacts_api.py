@@ -24,7 +24,7 @@ from aiohttp import web
 from crm_bridge.contacts import ContactError, Contacts, FieldError
 from crm_bridge.store import StoreError
 from gateway.users import Role
-from gateway.web import _json_body, _json_error, _require
+from gateway.web import _json_body, _json_error, _require, store_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,6 @@ def _field_error(exc: FieldError) -> web.HTTPException:
     )
 
 
-def _store_unavailable(what: str, exc: StoreError) -> web.HTTPException:
-    log.error("contacts: %s failed: %s", what, exc)
-    return _json_error(web.HTTPServiceUnavailable, "store_unavailable", "the store is not answering, try again")
-
-
 async def get_contact(request: web.Request) -> web.StreamResponse:
     _require(request, [Role.AGENT, Role.MANAGER, Role.ADMIN])
     try:
@@ -60,7 +55,7 @@ async def get_contact(request: web.Request) -> web.StreamResponse:
     except FieldError as exc:
         raise _field_error(exc) from None
     except StoreError as exc:
-        raise _store_unavailable("read", exc) from None
+        raise store_unavailable("read", exc) from None
     if contact is None:
         raise _json_error(web.HTTPNotFound, "no_such_contact", "no contact with this phone")
     return web.json_response({"contact": contact.to_json()})
@@ -74,7 +69,7 @@ async def put_contact(request: web.Request) -> web.StreamResponse:
     except FieldError as exc:
         raise _field_error(exc) from None
     except StoreError as exc:
-        raise _store_unavailable("put", exc) from None
+        raise store_unavailable("put", exc) from None
     log.info("contact %s changed by %s: %s", contact.contact_id, user.login, ", ".join(sorted(body)))
     return web.json_response({"contact": contact.to_json()})
 
@@ -84,7 +79,7 @@ async def export_contacts(request: web.Request) -> web.StreamResponse:
     try:
         text = await request.app[CONTACTS].export_csv()
     except StoreError as exc:
-        raise _store_unavailable("export", exc) from None
+        raise store_unavailable("export", exc) from None
     # The byte order mark makes spreadsheets read the file as UTF-8 (Cyrillic names).
     return web.Response(
         body=("\ufeff" + text).encode("utf-8"),
@@ -126,7 +121,7 @@ async def import_contacts(request: web.Request) -> web.StreamResponse:
     except ContactError as exc:
         raise _json_error(web.HTTPBadRequest, "bad_csv", str(exc)) from None
     except StoreError as exc:
-        raise _store_unavailable("import", exc) from None
+        raise store_unavailable("import", exc) from None
     return web.json_response({"report": report.to_json()})
 
 

@@ -25,7 +25,7 @@ from crm_bridge.store import StoreError
 from gateway.followup import Followup
 from gateway.kpi import AUTOMATIC, MAX_REPORT_DAYS, local_day
 from gateway.users import Role
-from gateway.web import CLOCK, DIRECTORY, _json_body, _json_error, _require
+from gateway.web import CLOCK, DIRECTORY, _json_body, _json_error, _require, store_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +43,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/vip-plan", vip_plan)
 
 
-def _unavailable(what: str, exc: StoreError) -> web.HTTPException:
-    log.error("%s failed: %s", what, exc)
-    return _json_error(web.HTTPServiceUnavailable, "store_unavailable", "the store is not answering, try again")
-
-
 async def list_callbacks(request: web.Request) -> web.StreamResponse:
     user = _require(request, _PEOPLE)
     status = request.query.get("status", "open")
@@ -57,7 +52,7 @@ async def list_callbacks(request: web.Request) -> web.StreamResponse:
     try:
         tasks = await followup.visible_tasks(user, status=status, mine=request.query.get("mine") == "1")
     except StoreError as exc:
-        raise _unavailable("listing callback tasks", exc) from None
+        raise store_unavailable("listing callback tasks", exc) from None
     now = request.app[CLOCK]()
     return web.json_response({"tasks": [followup.task_json(t, now) for t in tasks],
                               "close_reasons": list(CLOSE_REASONS)})
@@ -85,7 +80,7 @@ async def close_callback(request: web.Request) -> web.StreamResponse:
         kind = web.HTTPConflict if exc.code == "not_open" else web.HTTPBadRequest
         raise _json_error(kind, exc.code, str(exc)) from None
     except StoreError as exc:
-        raise _unavailable("closing a callback task", exc) from None
+        raise store_unavailable("closing a callback task", exc) from None
     log.info("callback task %d closed by %s: %s", task_id, user.login, reason)
     return web.json_response(followup.task_json(closed, request.app[CLOCK]()))
 
@@ -140,7 +135,7 @@ async def record_interaction(request: web.Request) -> web.StreamResponse:
             login=target.login, kind=kind, at=at, points=points, call_id=call_id, note=note or None,
             recorded_by=user.login, request_id=request_id)
     except StoreError as exc:
-        raise _unavailable("recording an interaction", exc) from None
+        raise store_unavailable("recording an interaction", exc) from None
     return web.json_response(interaction.to_json(), status=201 if new else 200)
 
 
@@ -172,7 +167,7 @@ async def kpi(request: web.Request) -> web.StreamResponse:
     try:
         report = await followup.kpi_report(agents, first, last)
     except StoreError as exc:
-        raise _unavailable("the KPI report", exc) from None
+        raise store_unavailable("the KPI report", exc) from None
     return web.json_response(report)
 
 
@@ -181,5 +176,5 @@ async def vip_plan(request: web.Request) -> web.StreamResponse:
     try:
         plan = await request.app[FOLLOWUP].vip_plan(user)
     except StoreError as exc:
-        raise _unavailable("the VIP plan", exc) from None
+        raise store_unavailable("the VIP plan", exc) from None
     return web.json_response(plan)

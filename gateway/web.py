@@ -139,6 +139,12 @@ def _json_error(kind: type[web.HTTPException], code: str, message: str) -> web.H
     return kind(text=json.dumps({"error": code, "message": message}), content_type="application/json")
 
 
+def store_unavailable(what: str, exc: Exception) -> web.HTTPException:
+    """The 503 of a route whose store read or write failed, logged as "<what>: <error>"."""
+    log.error("%s: %s", what, exc)
+    return _json_error(web.HTTPServiceUnavailable, "store_unavailable", "the store is not answering, try again")
+
+
 async def _json_body(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
         # Also a CSRF guard: a cross-site form cannot send application/json.

@@ -28,7 +28,7 @@ from crm_bridge.store import Store, StoreError
 from gateway.numberplan import PlanBook
 from gateway.record import iso
 from gateway.users import Role
-from gateway.web import _json_body, _json_error, _require
+from gateway.web import _json_body, _json_error, _require, store_unavailable
 
 from . import privacy
 from .privacy import MAX_REASON
@@ -59,11 +59,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/admin/privacy-log", get_privacy_log)
     app.router.add_get("/api/admin/personal-data/{phone}", export_personal_data)
     app.router.add_delete("/api/admin/personal-data/{phone}", erase_personal_data)
-
-
-def _store_unavailable(what: str, exc: StoreError) -> web.HTTPException:
-    log.error("privacy: %s failed: %s", what, exc)
-    return _json_error(web.HTTPServiceUnavailable, "store_unavailable", "the store is not answering, try again")
 
 
 def _number(request: web.Request) -> str:
@@ -98,7 +93,7 @@ async def legal_hold(request: web.Request) -> web.StreamResponse:
             await privacy.clear_hold(desk.store, call_id, by=user.login, now=now)
             held = None
     except StoreError as exc:
-        raise _store_unavailable("legal hold", exc) from None
+        raise store_unavailable("privacy: legal hold", exc) from None
     started_at, shop_id, status = rows[0]
     plan = desk.plans.current
     shop = plan.shops.get(shop_id or plan.default_shop or "")
@@ -120,7 +115,7 @@ async def export_personal_data(request: web.Request) -> web.StreamResponse:
     try:
         data = await privacy.export(desk.store, desk.directory, number, by=user.login, now=desk.clock())
     except StoreError as exc:
-        raise _store_unavailable("export", exc) from None
+        raise store_unavailable("privacy: export", exc) from None
     return web.Response(body=data, headers={
         "Content-Type": "application/zip",
         "Content-Disposition": f'attachment; filename="personal-data-{number.lstrip("+")}.zip"',
@@ -135,7 +130,7 @@ async def erase_personal_data(request: web.Request) -> web.StreamResponse:
     try:
         report = await privacy.erase(desk.store, desk.directory, number, user.login, desk.clock())
     except StoreError as exc:
-        raise _store_unavailable("erase", exc) from None
+        raise store_unavailable("privacy: erase", exc) from None
     return web.json_response({"report": report.to_json()})
 
 
@@ -149,5 +144,5 @@ async def get_privacy_log(request: web.Request) -> web.StreamResponse:
     try:
         entries = await privacy.privacy_log(request.app[PRIVACY].store, limit=limit, before=before)
     except StoreError as exc:
-        raise _store_unavailable("privacy log", exc) from None
+        raise store_unavailable("privacy: privacy log", exc) from None
     return web.json_response({"entries": entries})

@@ -35,6 +35,7 @@ from gateway.replay import replay_capture
 from gateway.users import Directory
 from tests.conftest import CAPTURES
 from tests.harness import PASSWORD, SECRET, default_users
+from tests.local_server import serve
 
 # The reference number plan (config/example.toml): dialled number -> (shop, channel).
 PLAN = {
@@ -512,14 +513,10 @@ async def api(store: Store, contacts: Contacts) -> AsyncIterator[Api]:
     app[CONTACTS] = contacts
     app.router.add_post("/api/login", gw.login)
     add_routes(app)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = int(runner.addresses[0][1])
+    runner, url = await serve(app)
     try:
         async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
-            client = Api(f"http://127.0.0.1:{port}", http)
+            client = Api(url, http)
             for login in ("anna", "olga", "admin", "mark"):
                 await client.login(login)
             yield client

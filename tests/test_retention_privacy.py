@@ -48,6 +48,7 @@ from recordings.retention import DAY, purge, watch
 from recordings.storage import ERASED, MISSING, PURGED, READY, Recordings, job_statements
 from tests.conftest import CAPTURES
 from tests.harness import PASSWORD, SECRET, default_users
+from tests.local_server import serve
 
 DIRECTORY = Directory(default_users())
 SHOP_A = Shop("A", "Shop A", recordings_days=30)
@@ -527,14 +528,10 @@ async def api(world: World) -> AsyncIterator[Api]:
     app[PRIVACY] = PrivacyDesk(world.store, world.plans, world.directory, region="RU", clock=lambda: NOW)
     app.router.add_post("/api/login", gw.login)
     add_routes(app)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = int(runner.addresses[0][1])
+    runner, url = await serve(app)
     try:
         async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
-            client = Api(f"http://127.0.0.1:{port}", http)
+            client = Api(url, http)
             for login in ("anna", "olga", "mark", "admin"):
                 await client.login(login)
             yield client
