@@ -135,17 +135,19 @@ class Gateway:
         return self.plans.at(effect.call_started_at).line(effect.dialled)
 
     def _report(self, effect: Effect) -> None:
-        """A live event for the CRMs (queued on its own; the pop does not wait)."""
+        """A live event for the CRMs (queued on its own; the pop does not wait).
+        Nothing is built for an event no sink takes."""
         assert self.bridge is not None
-        if isinstance(effect, AgentRingStarted):
+        wanted = self.bridge.outbox.wanted
+        if isinstance(effect, AgentRingStarted) and wanted("call.ringing"):
             line = self._line_of(effect)
             customer = effect.dialled if effect.direction == "outbound" else effect.caller
             self.bridge.report(crm_events.ringing(
                 effect, agent=self._login_of(effect.extension), customer=e164(customer, self.region),
                 shop=line.shop.shop_id if line else None, channel=line.channel if line else None))
-        elif isinstance(effect, AgentRingStopped):
+        elif isinstance(effect, AgentRingStopped) and wanted("call.ring_stopped"):
             self.bridge.report(crm_events.ring_stopped(effect, agent=self._login_of(effect.extension)))
-        elif isinstance(effect, AgentAnswered):
+        elif isinstance(effect, AgentAnswered) and wanted("call.answered"):
             self.bridge.report(crm_events.answered(effect, agent=self._login_of(effect.extension)))
 
     def _login_of(self, extension: str) -> str | None:
